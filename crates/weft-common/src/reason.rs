@@ -1,0 +1,59 @@
+//! Verdict reasons. `Forwarded` is the only non-drop; every other reason is a named drop, counted
+//! in the metrics map and reported as a drop event. Numbers are a stable format: never renumber,
+//! only append.
+
+macro_rules! reasons {
+    ($($variant:ident = $num:literal => $name:literal),+ $(,)?) => {
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Reason {
+            $($variant = $num),+
+        }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant),+];
+
+            /// The name `weft observe` and the metrics show.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name),+
+                }
+            }
+
+            pub const fn from_u8(v: u8) -> Option<Reason> {
+                match v {
+                    $($num => Some(Reason::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    Forwarded = 0 => "forwarded",
+    MalformedEthernet = 1 => "malformed ethernet header",
+    MalformedArp = 2 => "malformed ARP packet",
+    MalformedIpv4 = 3 => "malformed IPv4 header",
+    MalformedIpv6 = 4 => "malformed IPv6 header",
+    MalformedTcp = 5 => "malformed TCP header",
+    MalformedUdp = 6 => "malformed UDP header",
+    MalformedIcmp = 7 => "malformed ICMP header",
+    UnsupportedL3 = 8 => "unsupported L3 protocol",
+}
+
+impl Reason {
+    /// Slots reserved per hook in the metrics map: room to append reasons without changing the
+    /// map's size.
+    pub const SLOTS: u32 = 64;
+
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Reason::Forwarded)
+    }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.name() == name)
+    }
+}
+
+const _: () = assert!((Reason::UnsupportedL3 as u32) < Reason::SLOTS);

@@ -1,0 +1,182 @@
+//! A node's datapath in the kernel: the object loaded with its maps pinned in the node's pin
+//! directory, programs attached with tcx, each link pinned under `links/` so attachments outlive
+//! the process that made them and are found again by the next one.
+//!
+//! Interface names are resolved in the calling thread's network namespace: callers run these
+//! methods from a thread that has entered the node's namespace.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, SchedClassifier,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use weft_common::{DatapathConfig, Hook, maps as names};
+use weft_model::desired::Attachment;
+
+use crate::{
+    Datapath, DatapathMaps,
+    object::{BPF_OBJECT, program_for},
+};
+
+pub struct NodeDatapath {
+    pin_dir: PathBuf,
+    ebpf: Ebpf,
+}
+
+impl NodeDatapath {
+    /// Loads the programs, creating the node's maps in `pin_dir` or adopting those already
+    /// pinned there.
+    pub fn open(pin_dir: &Path) -> anyhow::Result<NodeDatapath> {
+        let links = links_dir(pin_dir);
+        fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
+        let mut loader = EbpfLoader::new();
+        for name in [names::EVENTS, names::METRICS, names::CONFIG] {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(BPF_OBJECT).with_context(|| {
+            format!("loading the BPF object with maps in {}", pin_dir.display())
+        })?;
+        for hook in [Hook::FromContainer, Hook::ToContainer] {
+            let (name, _) = program_for(hook).ok_or_else(|| anyhow!("no program for {hook:?}"))?;
+            classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying program {name}"))?;
+        }
+        Ok(NodeDatapath {
+            pin_dir: pin_dir.to_path_buf(),
+            ebpf,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn link_pin(&self, attachment: &Attachment) -> PathBuf {
+        links_dir(&self.pin_dir).join(link_pin_name(attachment))
+    }
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// bpffs refuses '.' in names; hook names carry no '@', interface names may not.
+fn link_pin_name(attachment: &Attachment) -> String {
+    format!("{}@{}", attachment.hook.name(), attachment.ifname)
+}
+
+fn parse_link_pin_name(name: &str) -> Option<Attachment> {
+    let (hook, ifname) = name.split_once('@')?;
+    Some(Attachment {
+        ifname: ifname.to_string(),
+        hook: Hook::from_name(hook)?,
+    })
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a tc classifier"))
+}
+
+/// Attachments recorded in a node's pin directory, without loading anything.
+pub fn pinned_attachments(pin_dir: &Path) -> anyhow::Result<BTreeSet<Attachment>> {
+    let dir = links_dir(pin_dir);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut out = BTreeSet::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if let Some(attachment) = entry.file_name().to_str().and_then(parse_link_pin_name) {
+            out.insert(attachment);
+        }
+    }
+    Ok(out)
+}
+
+/// Names of the programs the kernel runs at a hook of an interface (tcx query), in order.
+pub fn attached_programs(ifname: &str, hook: Hook) -> anyhow::Result<Vec<String>> {
+    let (_, attach_type) = program_for(hook).ok_or_else(|| anyhow!("{hook:?} is not a tc hook"))?;
+    let (_, programs) = SchedClassifier::query_tcx(ifname, attach_type)
+        .with_context(|| format!("querying tcx {} of {ifname}", hook.name()))?;
+    Ok(programs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+impl Datapath for NodeDatapath {
+    fn attach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
+        let (name, attach_type) = program_for(attachment.hook)
+            .ok_or_else(|| anyhow!("{} is not attached per interface", attachment.hook.name()))?;
+        let pin = self.link_pin(attachment);
+        if pin.exists() {
+            bail!("{} already carries {name}", attachment.ifname);
+        }
+        let program = classifier(&mut self.ebpf, name)?;
+        let link_id = program
+            .attach_with_options(
+                &attachment.ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("tcx attach of {name} to {}", attachment.ifname))?;
+        let link: FdLink = program
+            .take_link(link_id)?
+            .try_into()
+            .context("a tcx link is an fd link")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning link {}", pin.display()))?;
+        Ok(())
+    }
+
+    fn detach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
+        let pin = self.link_pin(attachment);
+        let link = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        // Unpinning drops the last reference once `link` goes out of scope: the kernel detaches.
+        link.unpin()
+            .with_context(|| format!("unpinning {}", pin.display()))?;
+        Ok(())
+    }
+
+    fn attachments(&self) -> anyhow::Result<BTreeSet<Attachment>> {
+        pinned_attachments(&self.pin_dir)
+    }
+
+    fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.set_config(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_round_trip_and_foreign_names_are_ignored() {
+        let a = Attachment {
+            ifname: "lxcpod1".into(),
+            hook: Hook::ToContainer,
+        };
+        assert_eq!(link_pin_name(&a), "to-container@lxcpod1");
+        assert_eq!(parse_link_pin_name(&link_pin_name(&a)), Some(a));
+        assert_eq!(parse_link_pin_name("something-else"), None);
+        assert_eq!(parse_link_pin_name("bogus@lxc1"), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! Header parsing with bounds checks. Headers are read with `bpf_skb_load_bytes`, which is
+//! bounded by the packet's real length whether or not the bytes are in the linear area; a read
+//! past the end is a malformed packet, named by the layer that is short.
+
+use aya_ebpf::programs::TcContext;
+use weft_common::{
+    Reason,
+    net::{
+        ARP_ETH_IPV4_LEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_DSTOPTS,
+        IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IPV6_HLEN, IPV6_MAX_EXT_HEADERS, TCP_MIN_HLEN,
+        UDP_HLEN,
+    },
+};
+
+/// What the parser learned of a packet; fields it did not reach stay zero.
+#[derive(Clone, Copy, Default)]
+pub struct Headers {
+    pub ethertype: u16,
+    pub ip_version: u8,
+    pub l4_proto: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+}
+
+/// On failure the headers parsed so far come back with the reason, for the drop event.
+pub type Parsed = Result<Headers, (Headers, Reason)>;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+struct ArpHdr {
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    op: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+struct Ipv6Hdr {
+    version_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// The first 8 bytes of any IPv6 extension header, TCP (ports), UDP and ICMP share this size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+struct Head8 {
+    b: [u8; 8],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+struct TcpHdr {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    doff_res: u8,
+    flags: u8,
+    window: [u8; 2],
+    check: [u8; 2],
+    urg: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_MIN_HLEN);
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
+const _: () = assert!(core::mem::size_of::<TcpHdr>() == TCP_MIN_HLEN);
+const _: () = assert!(core::mem::size_of::<Head8>() == UDP_HLEN);
+const _: () = assert!(core::mem::size_of::<Head8>() == ICMP_HLEN);
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+pub fn headers(ctx: &TcContext) -> Parsed {
+    let mut h = Headers::default();
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return Err((h, Reason::MalformedEthernet));
+    };
+    h.ethertype = be16(eth.proto);
+    match h.ethertype {
+        ETH_P_IP => ipv4(ctx, h),
+        ETH_P_IPV6 => ipv6(ctx, h),
+        ETH_P_ARP => arp(ctx, h),
+        _ => Err((h, Reason::UnsupportedL3)),
+    }
+}
+
+#[inline(always)]
+fn arp(ctx: &TcContext, h: Headers) -> Parsed {
+    let Ok(arp) = ctx.load::<ArpHdr>(ETH_HLEN) else {
+        return Err((h, Reason::MalformedArp));
+    };
+    let ethernet_ipv4 = be16(arp.htype) == 1 && be16(arp.ptype) == ETH_P_IP;
+    if ethernet_ipv4
+        && (arp.hlen != 6 || arp.plen != 4 || (ctx.len() as usize) < ETH_HLEN + ARP_ETH_IPV4_LEN)
+    {
+        return Err((h, Reason::MalformedArp));
+    }
+    Ok(h)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, mut h: Headers) -> Parsed {
+    let malformed = |h| Err((h, Reason::MalformedIpv4));
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+        return malformed(h);
+    };
+    let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
+    let tot_len = be16(ip.tot_len) as usize;
+    let l3_room = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    if ip.version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > l3_room {
+        return malformed(h);
+    }
+    h.ip_version = 4;
+    h.l4_proto = ip.proto;
+    h.src_addr[..4].copy_from_slice(&ip.saddr);
+    h.dst_addr[..4].copy_from_slice(&ip.daddr);
+    let fragment_offset = be16(ip.frag_off) & 0x1fff;
+    if fragment_offset != 0 {
+        // Later fragments carry no L4 header.
+        return Ok(h);
+    }
+    l4(ctx, h, ETH_HLEN + hlen, tot_len - hlen)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &TcContext, mut h: Headers) -> Parsed {
+    let Ok(ip) = ctx.load::<Ipv6Hdr>(ETH_HLEN) else {
+        return Err((h, Reason::MalformedIpv6));
+    };
+    let payload_len = be16(ip.payload_len) as usize;
+    let l3_room = (ctx.len() as usize).saturating_sub(ETH_HLEN + IPV6_HLEN);
+    if ip.version_tc_flow[0] >> 4 != 6 || payload_len > l3_room {
+        return Err((h, Reason::MalformedIpv6));
+    }
+    h.ip_version = 6;
+    h.src_addr = ip.saddr;
+    h.dst_addr = ip.daddr;
+    let mut next = ip.next_header;
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut remaining = payload_len;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        let ext_len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
+                let Ok(ext) = ctx.load::<Head8>(off) else {
+                    return Err((h, Reason::MalformedIpv6));
+                };
+                if next == IPPROTO_FRAGMENT {
+                    let fragment_offset = u16::from_be_bytes([ext.b[2], ext.b[3]]) & 0xfff8;
+                    if fragment_offset != 0 {
+                        h.l4_proto = ext.b[0];
+                        return Ok(h);
+                    }
+                    next = ext.b[0];
+                    8
+                } else {
+                    next = ext.b[0];
+                    (ext.b[1] as usize + 1) * 8
+                }
+            }
+            _ => break,
+        };
+        if ext_len > remaining {
+            return Err((h, Reason::MalformedIpv6));
+        }
+        off += ext_len;
+        remaining -= ext_len;
+    }
+    h.l4_proto = next;
+    l4(ctx, h, off, remaining)
+}
+
+/// `len` is what the IP header says the L4 part measures.
+#[inline(always)]
+fn l4(ctx: &TcContext, mut h: Headers, off: usize, len: usize) -> Parsed {
+    match h.l4_proto {
+        IPPROTO_TCP => {
+            let Ok(tcp) = ctx.load::<TcpHdr>(off) else {
+                return Err((h, Reason::MalformedTcp));
+            };
+            let doff = ((tcp.doff_res >> 4) as usize) * 4;
+            if doff < TCP_MIN_HLEN || doff > len {
+                return Err((h, Reason::MalformedTcp));
+            }
+            h.src_port = be16(tcp.sport);
+            h.dst_port = be16(tcp.dport);
+            h.tcp_flags = tcp.flags;
+        }
+        IPPROTO_UDP => {
+            let Ok(udp) = ctx.load::<Head8>(off) else {
+                return Err((h, Reason::MalformedUdp));
+            };
+            let udp_len = u16::from_be_bytes([udp.b[4], udp.b[5]]) as usize;
+            if udp_len < UDP_HLEN || udp_len > len {
+                return Err((h, Reason::MalformedUdp));
+            }
+            h.src_port = u16::from_be_bytes([udp.b[0], udp.b[1]]);
+            h.dst_port = u16::from_be_bytes([udp.b[2], udp.b[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Ok(icmp) = ctx.load::<Head8>(off) else {
+                return Err((h, Reason::MalformedIcmp));
+            };
+            if len < ICMP_HLEN {
+                return Err((h, Reason::MalformedIcmp));
+            }
+            h.src_port = icmp.b[0] as u16;
+            h.dst_port = icmp.b[1] as u16;
+        }
+        _ => {}
+    }
+    Ok(h)
+}

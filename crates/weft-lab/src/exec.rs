@@ -1,0 +1,56 @@
+//! Running a command inside the lab: in a node's or pod's network namespace, and in the node's
+//! cgroup (so `down` can find and kill it, and per-node socket LB applies to it).
+
+use std::{
+    fs::OpenOptions,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, anyhow};
+use nix::{
+    sched::{CloneFlags, setns},
+    unistd::write,
+};
+
+use crate::{host, netns, topology::Topology};
+
+/// A [`Command`] for `argv` that, once spawned, runs in `target`'s netns and cgroup. `target` is
+/// `vps1`, `vps1/pod1` (or `vps1-pod1`), `client` or `inet`. Stdio is left as `Command`'s
+/// default, so callers may capture output.
+pub fn command_in(topology: &Topology, target: &str, argv: &[String]) -> anyhow::Result<Command> {
+    let (program, args) = argv.split_first().context("no command given")?;
+    let place = topology.target(target).ok_or_else(|| {
+        anyhow!(
+            "lab {} has no `{target}` (use a node like vps1, a pod like vps1/pod1, client or inet)",
+            topology.name
+        )
+    })?;
+    let ns = netns::open(&place.netns)?;
+    let cgroup2 = host::find_cgroup2_root().context("no cgroup2 hierarchy is mounted")?;
+    let procs_path = cgroup2.join(&place.cgroup).join("cgroup.procs");
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .with_context(|| format!("opening {}", procs_path.display()))?;
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: the closure only makes two system calls on descriptors opened before the fork
+    // (no allocation, no locks), which is what a pre_exec hook may do.
+    unsafe {
+        command.pre_exec(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            write(procs.as_fd(), b"0")?;
+            Ok(())
+        });
+    }
+    Ok(command)
+}
+
+/// Runs `argv` in `target` (see [`command_in`]) with stdio inherited, and waits for it.
+pub fn exec(topology: &Topology, target: &str, argv: &[String]) -> anyhow::Result<ExitStatus> {
+    let mut command = command_in(topology, target, argv)?;
+    command
+        .status()
+        .with_context(|| format!("running {argv:?} in {target} of lab {}", topology.name))
+}

@@ -1,0 +1,105 @@
+//! Cluster-wide settings, named after Cilium's Helm values so a `values.yaml` reads the same.
+//! Only the keys Weft implements are accepted; an unknown key is an error, not silently ignored.
+
+use serde::Deserialize;
+
+use crate::Ipv4Cidr;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub ipam: IpamConfig,
+    /// ClusterIP range (K3s default).
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Ipv4Cidr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IpamConfig {
+    pub mode: IpamMode,
+    pub operator: IpamOperatorConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpamMode {
+    #[default]
+    ClusterPool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IpamOperatorConfig {
+    #[serde(rename = "clusterPoolIPv4PodCIDRList")]
+    pub cluster_pool_ipv4_pod_cidr_list: Vec<Ipv4Cidr>,
+    #[serde(rename = "clusterPoolIPv4MaskSize")]
+    pub cluster_pool_ipv4_mask_size: u8,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            ipam: IpamConfig::default(),
+            service_cidr: Ipv4Cidr::new([10, 43, 0, 0].into(), 16).expect("valid constant"),
+        }
+    }
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        IpamConfig {
+            mode: IpamMode::ClusterPool,
+            operator: IpamOperatorConfig::default(),
+        }
+    }
+}
+
+impl Default for IpamOperatorConfig {
+    fn default() -> Self {
+        IpamOperatorConfig {
+            cluster_pool_ipv4_pod_cidr_list: vec![
+                Ipv4Cidr::new([10, 42, 0, 0].into(), 16).expect("valid constant"),
+            ],
+            cluster_pool_ipv4_mask_size: 24,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_values_give_the_k3s_defaults() {
+        let c: ClusterConfig = serde_json::from_str("{}").expect("parses");
+        assert_eq!(c, ClusterConfig::default());
+        assert_eq!(
+            c.ipam.operator.cluster_pool_ipv4_pod_cidr_list[0].to_string(),
+            "10.42.0.0/16"
+        );
+        assert_eq!(c.service_cidr.to_string(), "10.43.0.0/16");
+    }
+
+    #[test]
+    fn helm_style_keys_are_read() {
+        let c: ClusterConfig = serde_json::from_str(
+            r#"{"ipam":{"mode":"cluster-pool","operator":{
+                "clusterPoolIPv4PodCIDRList":["10.80.0.0/14"],"clusterPoolIPv4MaskSize":26}}}"#,
+        )
+        .expect("parses");
+        assert_eq!(c.ipam.operator.cluster_pool_ipv4_mask_size, 26);
+        assert_eq!(
+            c.ipam.operator.cluster_pool_ipv4_pod_cidr_list[0].to_string(),
+            "10.80.0.0/14"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_cidrs_are_refused() {
+        let unknown = serde_json::from_str::<ClusterConfig>(r#"{"ipam":{"modee":"x"}}"#);
+        assert!(unknown.unwrap_err().to_string().contains("modee"));
+        let bad = serde_json::from_str::<ClusterConfig>(r#"{"serviceCIDR":"10.43.0.1/16"}"#);
+        assert!(bad.unwrap_err().to_string().contains("host bits"));
+    }
+}

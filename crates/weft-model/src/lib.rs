@@ -1,0 +1,11 @@
+//! Weft's cluster model and the pure computation of the desired datapath state from it.
+//! Nothing here performs I/O: every function is a function of its arguments, so the whole
+//! model is tested without root and without a kernel.
+
+pub mod cidr;
+pub mod config;
+pub mod desired;
+pub mod ipam;
+
+pub use cidr::{CidrError, Ipv4Cidr};
+pub use config::ClusterConfig;
