@@ -30,6 +30,7 @@ pub mod maps {
 pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const TO_CONTAINER: &str = "to_container";
+    pub const XDP_ENTRY: &str = "xdp_entry";
 }
 
 /// Declares that a type is plain old data for aya's map accessors.

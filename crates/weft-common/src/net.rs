@@ -29,6 +29,10 @@ pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 
+/// Return codes of XDP programs.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
 pub const fn l4_proto_name(proto: u8) -> &'static str {
     match proto {
         IPPROTO_ICMP => "ICMP",

@@ -87,29 +87,32 @@ mod tests {
 
     #[test]
     fn reconcile_attaches_both_programs_per_endpoint_then_is_a_no_op() {
-        let mut dp = FakeDatapath::with_interfaces(["lxca", "lxcb"]);
-        let changes = reconcile_attachments(&mut dp, &[ep("a"), ep("b")]).expect("reconciles");
-        assert_eq!(changes.attach.len(), 4);
+        let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
+        let changes =
+            reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
+        assert_eq!(changes.attach.len(), 5);
         assert_eq!(
             dp.log,
             [
+                "attach xdp eth0",
                 "attach from-container lxca",
                 "attach to-container lxca",
                 "attach from-container lxcb",
                 "attach to-container lxcb"
             ]
         );
-        let again = reconcile_attachments(&mut dp, &[ep("a"), ep("b")]).expect("reconciles");
+        let again =
+            reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
         assert!(again.is_empty());
-        assert_eq!(dp.log.len(), 4, "a second pass changes nothing");
+        assert_eq!(dp.log.len(), 5, "a second pass changes nothing");
     }
 
     #[test]
     fn reconcile_detaches_only_removed_endpoints() {
-        let mut dp = FakeDatapath::with_interfaces(["lxca", "lxcb"]);
-        reconcile_attachments(&mut dp, &[ep("a"), ep("b")]).expect("reconciles");
+        let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
+        reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
         dp.log.clear();
-        reconcile_attachments(&mut dp, &[ep("b")]).expect("reconciles");
+        reconcile_attachments(&mut dp, "eth0", &[ep("b")]).expect("reconciles");
         assert_eq!(
             dp.log,
             ["detach from-container lxca", "detach to-container lxca"]
@@ -118,14 +121,15 @@ mod tests {
 
     #[test]
     fn a_failed_attach_is_reported_with_the_interface_and_leaves_others_applied() {
-        let mut dp = FakeDatapath::with_interfaces(["lxca"]);
-        let err =
-            reconcile_attachments(&mut dp, &[ep("a"), ep("zz")]).expect_err("lxczz is missing");
+        let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca"]);
+        let err = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")])
+            .expect_err("lxczz is missing");
         assert!(format!("{err:#}").contains("lxczz"), "{err:#}");
-        assert_eq!(dp.attached.len(), 2, "lxca's attachments stay");
+        assert_eq!(dp.attached.len(), 3, "eth0's and lxca's attachments stay");
         // Level-triggered: once the interface exists, the next pass completes the work.
         dp.interfaces.insert("lxczz".into());
-        let changes = reconcile_attachments(&mut dp, &[ep("a"), ep("zz")]).expect("reconciles");
+        let changes =
+            reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")]).expect("reconciles");
         assert_eq!(changes.attach.len(), 2);
     }
 }

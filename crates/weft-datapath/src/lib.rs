@@ -35,14 +35,16 @@ pub trait Datapath {
     fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()>;
 }
 
-/// Brings the attachments of a node to what its endpoints need: detaches what is no longer
-/// wanted, attaches what is missing, touches nothing else. Returns what it changed.
+/// Brings the attachments of a node to what its external device and endpoints need: detaches
+/// what is no longer wanted, attaches what is missing, touches nothing else. Returns what it
+/// changed.
 pub fn reconcile_attachments(
     datapath: &mut dyn Datapath,
+    external_device: &str,
     endpoints: &[Endpoint],
 ) -> anyhow::Result<AttachmentChanges> {
     let current = datapath.attachments().context("listing attachments")?;
-    let changes = attachment_changes(&desired_attachments(endpoints), &current);
+    let changes = attachment_changes(&desired_attachments(external_device, endpoints), &current);
     for attachment in &changes.detach {
         datapath.detach(attachment).with_context(|| {
             format!(

@@ -90,12 +90,6 @@ impl DatapathMaps {
         out
     }
 
-    /// The ring buffer's file descriptor, to wait on with poll/epoll.
-    pub fn events_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd as _;
-        self.events.as_fd()
-    }
-
     pub fn config(&self) -> anyhow::Result<DatapathConfig> {
         self.config.get(&0, 0).context("reading weft_config")
     }

@@ -15,8 +15,9 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier,
+        LinkOrder, ProgramInfo, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        loaded_programs,
         tc::TcAttachOptions,
     },
 };
@@ -25,7 +26,7 @@ use weft_model::desired::Attachment;
 
 use crate::{
     Datapath, DatapathMaps,
-    object::{BPF_OBJECT, program_for},
+    object::{AttachKind, BPF_OBJECT, hooks_with_programs, program_for},
 };
 
 pub struct NodeDatapath {
@@ -46,11 +47,12 @@ impl NodeDatapath {
         let mut ebpf = loader.load(BPF_OBJECT).with_context(|| {
             format!("loading the BPF object with maps in {}", pin_dir.display())
         })?;
-        for hook in [Hook::FromContainer, Hook::ToContainer] {
-            let (name, _) = program_for(hook).ok_or_else(|| anyhow!("no program for {hook:?}"))?;
-            classifier(&mut ebpf, name)?
-                .load()
-                .with_context(|| format!("verifying program {name}"))?;
+        for (_, name, kind) in hooks_with_programs() {
+            match kind {
+                AttachKind::Tcx(_) => classifier(&mut ebpf, name)?.load(),
+                AttachKind::Xdp => xdp(&mut ebpf, name)?.load(),
+            }
+            .with_context(|| format!("verifying program {name}"))?;
         }
         Ok(NodeDatapath {
             pin_dir: pin_dir.to_path_buf(),
@@ -84,6 +86,13 @@ fn parse_link_pin_name(name: &str) -> Option<Attachment> {
     })
 }
 
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
@@ -109,37 +118,88 @@ pub fn pinned_attachments(pin_dir: &Path) -> anyhow::Result<BTreeSet<Attachment>
     Ok(out)
 }
 
-/// Names of the programs the kernel runs at a hook of an interface (tcx query), in order.
+/// Names of the programs the kernel runs at a hook of an interface, in order, asking the
+/// kernel (tcx query; for XDP, the interface's XDP program id).
 pub fn attached_programs(ifname: &str, hook: Hook) -> anyhow::Result<Vec<String>> {
-    let (_, attach_type) = program_for(hook).ok_or_else(|| anyhow!("{hook:?} is not a tc hook"))?;
-    let (_, programs) = SchedClassifier::query_tcx(ifname, attach_type)
-        .with_context(|| format!("querying tcx {} of {ifname}", hook.name()))?;
-    Ok(programs
-        .iter()
-        .map(|p| p.name_as_str().unwrap_or("?").to_string())
-        .collect())
+    let (_, kind) = program_for(hook).ok_or_else(|| anyhow!("{} has no program", hook.name()))?;
+    match kind {
+        AttachKind::Tcx(attach_type) => {
+            let (_, programs) = SchedClassifier::query_tcx(ifname, attach_type)
+                .with_context(|| format!("querying tcx {} of {ifname}", hook.name()))?;
+            Ok(programs.iter().map(program_name).collect())
+        }
+        AttachKind::Xdp => {
+            let Some(id) = xdp_program_id(ifname)? else {
+                return Ok(Vec::new());
+            };
+            let info = loaded_programs()
+                .filter_map(Result::ok)
+                .find(|p| p.id() == id)
+                .ok_or_else(|| anyhow!("XDP program {id} of {ifname} is gone"))?;
+            Ok(vec![program_name(&info)])
+        }
+    }
+}
+
+fn program_name(info: &ProgramInfo) -> String {
+    info.name_as_str().unwrap_or("?").to_string()
+}
+
+/// The id of the XDP program on `ifname`, from rtnetlink (via `ip -json`).
+fn xdp_program_id(ifname: &str) -> anyhow::Result<Option<u32>> {
+    let out = std::process::Command::new("ip")
+        .args(["-json", "-details", "link", "show", "dev", ifname])
+        .output()
+        .context("running ip link show")?;
+    if !out.status.success() {
+        bail!(
+            "ip link show dev {ifname}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("ip -json output")?;
+    Ok(links
+        .get(0)
+        .and_then(|l| l.get("xdp"))
+        .and_then(|x| x.get("prog"))
+        .and_then(|p| p.get("id"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|id| u32::try_from(id).ok()))
 }
 
 impl Datapath for NodeDatapath {
     fn attach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
-        let (name, attach_type) = program_for(attachment.hook)
-            .ok_or_else(|| anyhow!("{} is not attached per interface", attachment.hook.name()))?;
+        let (name, kind) = program_for(attachment.hook)
+            .ok_or_else(|| anyhow!("{} has no program", attachment.hook.name()))?;
         let pin = self.link_pin(attachment);
         if pin.exists() {
             bail!("{} already carries {name}", attachment.ifname);
         }
-        let program = classifier(&mut self.ebpf, name)?;
-        let link_id = program
-            .attach_with_options(
-                &attachment.ifname,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .with_context(|| format!("tcx attach of {name} to {}", attachment.ifname))?;
-        let link: FdLink = program
-            .take_link(link_id)?
-            .try_into()
-            .context("a tcx link is an fd link")?;
+        let ifname = attachment.ifname.as_str();
+        let link: FdLink = match kind {
+            AttachKind::Tcx(attach_type) => {
+                let program = classifier(&mut self.ebpf, name)?;
+                let order = TcAttachOptions::TcxOrder(LinkOrder::default());
+                let id = program
+                    .attach_with_options(ifname, attach_type, order)
+                    .with_context(|| format!("tcx attach of {name} to {ifname}"))?;
+                program
+                    .take_link(id)?
+                    .try_into()
+                    .context("a tcx link is an fd link")?
+            }
+            AttachKind::Xdp => {
+                let program = xdp(&mut self.ebpf, name)?;
+                let id = program
+                    .attach(ifname, XdpMode::Driver)
+                    .with_context(|| format!("native XDP attach of {name} to {ifname}"))?;
+                program
+                    .take_link(id)?
+                    .try_into()
+                    .context("an XDP link is an fd link")?
+            }
+        };
         link.pin(&pin)
             .with_context(|| format!("pinning link {}", pin.display()))?;
         Ok(())

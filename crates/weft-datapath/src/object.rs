@@ -3,13 +3,36 @@
 /// The ELF object holding every Weft program.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
 
-/// The program name in the object for a hook, and how it is attached.
-pub fn program_for(hook: weft_common::Hook) -> Option<(&'static str, aya::programs::TcAttachType)> {
+/// How a hook's program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachKind {
+    Tcx(aya::programs::TcAttachType),
+    Xdp,
+}
+
+/// The program in the object for a hook, and how it is attached; `None` for hooks that have no
+/// program yet.
+pub fn program_for(hook: weft_common::Hook) -> Option<(&'static str, AttachKind)> {
     use aya::programs::TcAttachType;
     use weft_common::{Hook, programs};
     match hook {
-        Hook::FromContainer => Some((programs::FROM_CONTAINER, TcAttachType::Ingress)),
-        Hook::ToContainer => Some((programs::TO_CONTAINER, TcAttachType::Egress)),
-        Hook::FromNetdev | Hook::ToNetdev | Hook::Xdp => None,
+        Hook::FromContainer => Some((
+            programs::FROM_CONTAINER,
+            AttachKind::Tcx(TcAttachType::Ingress),
+        )),
+        Hook::ToContainer => Some((
+            programs::TO_CONTAINER,
+            AttachKind::Tcx(TcAttachType::Egress),
+        )),
+        Hook::Xdp => Some((programs::XDP_ENTRY, AttachKind::Xdp)),
+        Hook::FromNetdev | Hook::ToNetdev => None,
     }
+}
+
+/// Every hook that has a program.
+pub fn hooks_with_programs() -> impl Iterator<Item = (weft_common::Hook, &'static str, AttachKind)>
+{
+    weft_common::Hook::ALL
+        .into_iter()
+        .filter_map(|hook| program_for(hook).map(|(name, kind)| (hook, name, kind)))
 }

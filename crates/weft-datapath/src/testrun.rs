@@ -1,8 +1,6 @@
 //! Running the datapath's programs on crafted packets with BPF_PROG_TEST_RUN: the object is
 //! loaded with private (unpinned) maps, so each harness starts from empty state.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
@@ -19,7 +17,7 @@ pub struct TestHarness {
 /// What a program did with one packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutcome {
-    /// The program's return code (for tc: TC_ACT_*).
+    /// The program's return code (TC_ACT_* or XDP_*).
     pub verdict: i32,
     /// The packet as the program left it.
     pub packet: Vec<u8>,
@@ -33,9 +31,12 @@ impl TestHarness {
             .context("loading the BPF object")?;
         let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
         for name in names {
-            if let Some(Program::SchedClassifier(p)) = ebpf.program_mut(&name) {
-                p.load().with_context(|| format!("verifying {name}"))?;
+            match ebpf.program_mut(&name) {
+                Some(Program::SchedClassifier(p)) => p.load(),
+                Some(Program::Xdp(p)) => p.load(),
+                _ => continue,
             }
+            .with_context(|| format!("verifying {name}"))?;
         }
         let maps = DatapathMaps::take_from(&mut ebpf)?;
         Ok(TestHarness { ebpf, maps })
@@ -44,49 +45,32 @@ impl TestHarness {
     /// Runs `program` once on `packet`.
     pub fn run(&mut self, program: &str, packet: &[u8]) -> anyhow::Result<RunOutcome> {
         let mut out = vec![0u8; packet.len() + 256];
-        let result = self.test_run(program, packet, Some(&mut out), 1)?;
-        out.truncate(result.0 as usize);
+        let (len, verdict) = self.test_run(program, packet, &mut out)?;
+        out.truncate(len as usize);
         Ok(RunOutcome {
-            verdict: result.1,
+            verdict,
             packet: out,
         })
-    }
-
-    /// Runs `program` `repeat` times in the kernel and returns the mean time per run.
-    pub fn time_per_packet(
-        &mut self,
-        program: &str,
-        packet: &[u8],
-        repeat: u32,
-    ) -> anyhow::Result<Duration> {
-        let mut out = vec![0u8; packet.len() + 256];
-        self.test_run(program, packet, Some(&mut out), repeat)
-            .map(|r| r.2)
     }
 
     fn test_run(
         &mut self,
         program: &str,
         packet: &[u8],
-        out: Option<&mut [u8]>,
-        repeat: u32,
-    ) -> anyhow::Result<(u32, i32, Duration)> {
+        out: &mut [u8],
+    ) -> anyhow::Result<(u32, i32)> {
         let opts = TestRunOptions {
             data_in: Some(packet),
-            data_out: out,
-            repeat,
+            data_out: Some(out),
             ..TestRunOptions::default()
         };
         let result = match self.ebpf.program_mut(program) {
             Some(Program::SchedClassifier(p)) => p.test_run(opts),
-            Some(_) => return Err(anyhow!("{program} is not a tc program")),
+            Some(Program::Xdp(p)) => p.test_run(opts),
+            Some(_) => return Err(anyhow!("{program} is neither a tc nor an XDP program")),
             None => return Err(anyhow!("no program {program}")),
         }
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
-        Ok((
-            result.data_size_out,
-            result.return_value as i32,
-            result.duration,
-        ))
+        Ok((result.data_size_out, result.return_value as i32))
     }
 }

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use weft_common::{
     CONFIG_TRACE_FLAG, DatapathConfig, EventKind, Hook, MetricsKey, Reason,
-    net::{TC_ACT_OK, TC_ACT_SHOT},
-    programs::{FROM_CONTAINER, TO_CONTAINER},
+    net::{TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    programs::{FROM_CONTAINER, TO_CONTAINER, XDP_ENTRY},
 };
 use weft_datapath::testrun::TestHarness;
 use weft_packet::{PacketBuilder, TCP_ACK, TCP_SYN};
@@ -35,10 +35,11 @@ struct Fixture {
 
 impl Fixture {
     fn verdict(&self) -> i32 {
-        if self.reason.is_drop() {
-            TC_ACT_SHOT
-        } else {
-            TC_ACT_OK
+        match (self.hook, self.reason.is_drop()) {
+            (Hook::Xdp, true) => XDP_DROP as i32,
+            (Hook::Xdp, false) => XDP_PASS as i32,
+            (_, true) => TC_ACT_SHOT,
+            (_, false) => TC_ACT_OK,
         }
     }
 }
@@ -76,6 +77,13 @@ fn fixtures() -> Vec<Fixture> {
     };
     let from = |name, packet, reason| fx(name, FROM_CONTAINER, Hook::FromContainer, packet, reason);
     let to = |name, packet, reason| fx(name, TO_CONTAINER, Hook::ToContainer, packet, reason);
+    let xdp = |name, packet, reason| fx(name, XDP_ENTRY, Hook::Xdp, packet, reason);
+    let from_client = || {
+        PacketBuilder::new().ipv4(
+            Ipv4Addr::new(203, 0, 113, 4),
+            Ipv4Addr::new(198, 51, 100, 2),
+        )
+    };
     let tcp_syn = v4().tcp(40000, 80, TCP_SYN).build();
     vec![
         from("ipv4 tcp syn", tcp_syn.clone(), Reason::Forwarded),
@@ -198,6 +206,60 @@ fn fixtures() -> Vec<Fixture> {
             "to-container ipv4 ihl below 5",
             v4().udp(1, 2).ipv4_ihl(2).build(),
             Reason::MalformedIpv4,
+        ),
+        xdp(
+            "xdp ipv4 tcp syn from the client",
+            from_client().tcp(50000, 443, TCP_SYN).build(),
+            Reason::Forwarded,
+        ),
+        xdp(
+            "xdp ipv6 udp",
+            v6().udp(5000, 53).build(),
+            Reason::Forwarded,
+        ),
+        xdp(
+            "xdp arp request",
+            PacketBuilder::new()
+                .arp_request([2, 0, 0, 0, 0, 1], POD_A, POD_B)
+                .build(),
+            Reason::Forwarded,
+        ),
+        // The node's own stack may speak protocols Weft does not parse: passed and counted.
+        xdp(
+            "xdp unsupported ethertype passes to the stack",
+            PacketBuilder::new()
+                .ethertype(0x88cc)
+                .payload(&[0; 46])
+                .build(),
+            Reason::Forwarded,
+        ),
+        xdp(
+            "xdp ipv4 ihl below 5 (short frame)",
+            from_client().udp(1, 2).ipv4_ihl(3).build(),
+            Reason::MalformedIpv4,
+        ),
+        xdp(
+            "xdp ipv4 header cut short",
+            from_client().udp(1, 2).truncate(14 + 12).build(),
+            Reason::MalformedIpv4,
+        ),
+        xdp(
+            "xdp tcp header cut short",
+            from_client()
+                .tcp(1, 2, TCP_SYN)
+                .ipv4_total_len(30)
+                .truncate(14 + 30)
+                .build(),
+            Reason::MalformedTcp,
+        ),
+        xdp(
+            "xdp ipv6 payload length beyond the frame",
+            {
+                let mut p = v6().udp(1, 2).build();
+                p[18] = 0x05;
+                p
+            },
+            Reason::MalformedIpv6,
         ),
     ]
 }

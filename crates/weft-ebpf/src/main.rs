@@ -6,10 +6,16 @@
 mod events;
 mod maps;
 mod metrics;
+mod netdev;
+mod observe;
+mod packet;
 mod parse;
 mod veth;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use weft_common::Hook;
 
 /// tcx ingress of a pod's host-side veth: every packet the pod sends.
@@ -22,6 +28,12 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
     veth::handle(&ctx, Hook::ToContainer)
+}
+
+/// XDP on the node's external device: every frame the node receives from the underlay.
+#[xdp]
+pub fn xdp_entry(ctx: XdpContext) -> u32 {
+    netdev::handle(&ctx)
 }
 
 #[cfg(not(test))]

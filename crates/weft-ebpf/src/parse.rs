@@ -1,8 +1,7 @@
-//! Header parsing with bounds checks. Headers are read with `bpf_skb_load_bytes`, which is
-//! bounded by the packet's real length whether or not the bytes are in the linear area; a read
-//! past the end is a malformed packet, named by the layer that is short.
+//! Header parsing with bounds checks, the same for every hook (see [`Packet`]): a read past the
+//! end of the packet is a malformed packet, named by the layer that is short.
 
-use aya_ebpf::programs::TcContext;
+use crate::packet::Packet;
 use weft_common::{
     Reason,
     net::{
@@ -113,28 +112,28 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 #[inline(always)]
-pub fn headers(ctx: &TcContext) -> Parsed {
+pub fn headers<P: Packet>(pkt: &P) -> Parsed {
     let mut h = Headers::default();
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+    let Some(eth) = pkt.load::<EthHdr>(0) else {
         return Err((h, Reason::MalformedEthernet));
     };
     h.ethertype = be16(eth.proto);
     match h.ethertype {
-        ETH_P_IP => ipv4(ctx, h),
-        ETH_P_IPV6 => ipv6(ctx, h),
-        ETH_P_ARP => arp(ctx, h),
+        ETH_P_IP => ipv4(pkt, h),
+        ETH_P_IPV6 => ipv6(pkt, h),
+        ETH_P_ARP => arp(pkt, h),
         _ => Err((h, Reason::UnsupportedL3)),
     }
 }
 
 #[inline(always)]
-fn arp(ctx: &TcContext, h: Headers) -> Parsed {
-    let Ok(arp) = ctx.load::<ArpHdr>(ETH_HLEN) else {
+fn arp<P: Packet>(pkt: &P, h: Headers) -> Parsed {
+    let Some(arp) = pkt.load::<ArpHdr>(ETH_HLEN) else {
         return Err((h, Reason::MalformedArp));
     };
     let ethernet_ipv4 = be16(arp.htype) == 1 && be16(arp.ptype) == ETH_P_IP;
     if ethernet_ipv4
-        && (arp.hlen != 6 || arp.plen != 4 || (ctx.len() as usize) < ETH_HLEN + ARP_ETH_IPV4_LEN)
+        && (arp.hlen != 6 || arp.plen != 4 || (pkt.len() as usize) < ETH_HLEN + ARP_ETH_IPV4_LEN)
     {
         return Err((h, Reason::MalformedArp));
     }
@@ -142,14 +141,14 @@ fn arp(ctx: &TcContext, h: Headers) -> Parsed {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, mut h: Headers) -> Parsed {
+fn ipv4<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
     let malformed = |h| Err((h, Reason::MalformedIpv4));
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+    let Some(ip) = pkt.load::<Ipv4Hdr>(ETH_HLEN) else {
         return malformed(h);
     };
     let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
     let tot_len = be16(ip.tot_len) as usize;
-    let l3_room = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    let l3_room = (pkt.len() as usize).saturating_sub(ETH_HLEN);
     if ip.version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > l3_room {
         return malformed(h);
     }
@@ -162,16 +161,16 @@ fn ipv4(ctx: &TcContext, mut h: Headers) -> Parsed {
         // Later fragments carry no L4 header.
         return Ok(h);
     }
-    l4(ctx, h, ETH_HLEN + hlen, tot_len - hlen)
+    l4(pkt, h, ETH_HLEN + hlen, tot_len - hlen)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, mut h: Headers) -> Parsed {
-    let Ok(ip) = ctx.load::<Ipv6Hdr>(ETH_HLEN) else {
+fn ipv6<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
+    let Some(ip) = pkt.load::<Ipv6Hdr>(ETH_HLEN) else {
         return Err((h, Reason::MalformedIpv6));
     };
     let payload_len = be16(ip.payload_len) as usize;
-    let l3_room = (ctx.len() as usize).saturating_sub(ETH_HLEN + IPV6_HLEN);
+    let l3_room = (pkt.len() as usize).saturating_sub(ETH_HLEN + IPV6_HLEN);
     if ip.version_tc_flow[0] >> 4 != 6 || payload_len > l3_room {
         return Err((h, Reason::MalformedIpv6));
     }
@@ -184,7 +183,7 @@ fn ipv6(ctx: &TcContext, mut h: Headers) -> Parsed {
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         let ext_len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
-                let Ok(ext) = ctx.load::<Head8>(off) else {
+                let Some(ext) = pkt.load::<Head8>(off) else {
                     return Err((h, Reason::MalformedIpv6));
                 };
                 if next == IPPROTO_FRAGMENT {
@@ -209,15 +208,15 @@ fn ipv6(ctx: &TcContext, mut h: Headers) -> Parsed {
         remaining -= ext_len;
     }
     h.l4_proto = next;
-    l4(ctx, h, off, remaining)
+    l4(pkt, h, off, remaining)
 }
 
 /// `len` is what the IP header says the L4 part measures.
 #[inline(always)]
-fn l4(ctx: &TcContext, mut h: Headers, off: usize, len: usize) -> Parsed {
+fn l4<P: Packet>(pkt: &P, mut h: Headers, off: usize, len: usize) -> Parsed {
     match h.l4_proto {
         IPPROTO_TCP => {
-            let Ok(tcp) = ctx.load::<TcpHdr>(off) else {
+            let Some(tcp) = pkt.load::<TcpHdr>(off) else {
                 return Err((h, Reason::MalformedTcp));
             };
             let doff = ((tcp.doff_res >> 4) as usize) * 4;
@@ -229,7 +228,7 @@ fn l4(ctx: &TcContext, mut h: Headers, off: usize, len: usize) -> Parsed {
             h.tcp_flags = tcp.flags;
         }
         IPPROTO_UDP => {
-            let Ok(udp) = ctx.load::<Head8>(off) else {
+            let Some(udp) = pkt.load::<Head8>(off) else {
                 return Err((h, Reason::MalformedUdp));
             };
             let udp_len = u16::from_be_bytes([udp.b[4], udp.b[5]]) as usize;
@@ -240,7 +239,7 @@ fn l4(ctx: &TcContext, mut h: Headers, off: usize, len: usize) -> Parsed {
             h.dst_port = u16::from_be_bytes([udp.b[2], udp.b[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let Ok(icmp) = ctx.load::<Head8>(off) else {
+            let Some(icmp) = pkt.load::<Head8>(off) else {
                 return Err((h, Reason::MalformedIcmp));
             };
             if len < ICMP_HLEN {

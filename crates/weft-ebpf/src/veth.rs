@@ -1,26 +1,19 @@
-//! The pod's host-side veth: parse, count, report. Forwarding stages join here later.
+//! The pod's host-side veth. A pod sends only what it may: any malformed header or L3 protocol
+//! Weft does not carry is dropped. Forwarding stages join here later.
 
 use aya_ebpf::programs::TcContext;
 use weft_common::{
-    EventKind, Hook, Reason,
+    Hook, Reason,
     net::{TC_ACT_OK, TC_ACT_SHOT},
 };
 
-use crate::{events, metrics, parse};
+use crate::observe;
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
-    let (hdrs, verdict) = match parse::headers(ctx) {
-        Ok(hdrs) => (hdrs, Reason::Forwarded),
-        Err((hdrs, reason)) => (hdrs, reason),
-    };
-    metrics::count(hook, verdict, ctx.len());
-    if verdict.is_drop() {
-        events::emit(ctx, EventKind::Drop, hook, verdict, &hdrs);
-        return TC_ACT_SHOT;
+    if observe::classify(ctx, hook, Reason::is_drop).is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
     }
-    if events::trace_enabled() {
-        events::emit(ctx, EventKind::Trace, hook, verdict, &hdrs);
-    }
-    TC_ACT_OK
 }

@@ -15,7 +15,10 @@ use weft_datapath::{
 };
 use weft_model::desired::Endpoint;
 
-use crate::{LabSpec, NodeSpec, Topology, down, netns::run_in, up};
+use crate::{LabSpec, NodeSpec, Topology, down, netns::run_in, topology::ETH0, up};
+
+/// The node's device towards the underlay, where `xdp_entry` runs.
+pub const EXTERNAL_DEVICE: &str = ETH0;
 
 /// The node's local endpoints as the datapath sees them.
 pub fn endpoints(node: &NodeSpec) -> Vec<Endpoint> {
@@ -43,7 +46,7 @@ pub fn install(topology: &Topology) -> anyhow::Result<()> {
     for node in &topology.nodes {
         run_in(&node.netns, || -> anyhow::Result<()> {
             let mut datapath = NodeDatapath::open(&node.pin_dir)?;
-            reconcile_attachments(&mut datapath, &endpoints(node))?;
+            reconcile_attachments(&mut datapath, EXTERNAL_DEVICE, &endpoints(node))?;
             Ok(())
         })?
         .with_context(|| format!("installing the datapath on {}", node.name))?;

@@ -1,7 +1,11 @@
 //! `weft lab test`: real traffic through the attached programs, and what the datapath made of it
 //! (counters and events), checked and reported.
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{SocketAddrV4, TcpStream},
+};
 
 use anyhow::{Context as _, anyhow, ensure};
 use weft_common::{Hook, MetricsKey, MetricsValue, Reason};
@@ -10,7 +14,8 @@ use weft_packet::PacketBuilder;
 
 use crate::{
     NodeSpec, PodSpec, Topology,
-    datapath::{drain_events, inspect, metrics_delta, set_trace},
+    datapath::{EXTERNAL_DEVICE, drain_events, inspect, metrics_delta, set_trace},
+    netns::run_in,
     traffic,
 };
 
@@ -59,6 +64,7 @@ pub fn run(topology: &Topology) -> anyhow::Result<Report> {
 
     set_trace(topology, true)?;
     let mut checks = traffic_checks(a, b, remote);
+    checks.extend(underlay_checks(topology, node));
     let trace_off = set_trace(topology, false);
 
     let mut events = Vec::new();
@@ -73,11 +79,21 @@ pub fn run(topology: &Topology) -> anyhow::Result<Report> {
 
     checks.push(check(
         "malformed frames are dropped with a named reason",
-        || malformed_drops_reported(&events, node, a),
+        || {
+            malformed_drops_reported(
+                &events,
+                node,
+                Hook::FromContainer,
+                &a.host_ifname,
+                MALFORMED_FRAMES,
+            )?;
+            malformed_drops_reported(&events, node, Hook::Xdp, EXTERNAL_DEVICE, 1)
+        },
     ));
-    checks.push(check("counters advanced on both veth hooks", || {
-        counters_advanced(&deltas, node)
-    }));
+    checks.push(check(
+        "counters advanced on both veth hooks and at XDP",
+        || counters_advanced(&deltas, node),
+    ));
     Ok(Report {
         checks,
         events,
@@ -156,6 +172,45 @@ fn traffic_checks(a: &PodSpec, b: &PodSpec, remote: Option<&PodSpec>) -> Vec<Che
     checks
 }
 
+/// Traffic that enters a node from the underlay, through `xdp_entry` on its eth0.
+fn underlay_checks(topology: &Topology, node: &NodeSpec) -> Vec<Check> {
+    let client = &topology.client;
+    vec![
+        check(
+            &format!(
+                "TCP client -> {} node address (refused by the node's stack)",
+                node.name
+            ),
+            || {
+                let target = SocketAddrV4::new(node.underlay_ip, 7400);
+                let result = run_in(&client.netns, || {
+                    TcpStream::connect_timeout(&target.into(), traffic::TIMEOUT)
+                })?;
+                match result {
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+                    Err(e) => Err(anyhow!("connecting to {target}: {e}")),
+                    Ok(_) => Err(anyhow!(
+                        "{target} accepted a connection; nothing listens there"
+                    )),
+                }
+            },
+        ),
+        check(
+            &format!("malformed frame from the underlay to {}", node.name),
+            || {
+                let frame = PacketBuilder::new()
+                    .eth([2, 0, 0, 0, 0, 0xfe], [0xff; 6])
+                    .ipv4(client.ip, node.underlay_ip)
+                    .udp(9, 9)
+                    .ipv4_ihl(4)
+                    .build();
+                // The router-side end of the node's eth0 carries the node's name.
+                traffic::send_raw_frame(&topology.router_netns, &node.name, &frame)
+            },
+        ),
+    ]
+}
+
 /// An IPv4 header claiming 12 bytes, and one cut off after 12 bytes.
 fn malformed_frames(a: &PodSpec, b: &PodSpec) -> [Vec<u8>; MALFORMED_FRAMES] {
     let base = || {
@@ -170,7 +225,9 @@ fn malformed_frames(a: &PodSpec, b: &PodSpec) -> [Vec<u8>; MALFORMED_FRAMES] {
 fn malformed_drops_reported(
     events: &[EventView],
     node: &NodeSpec,
-    pod: &PodSpec,
+    hook: Hook,
+    ifname: &str,
+    expected: usize,
 ) -> anyhow::Result<()> {
     let drops = events
         .iter()
@@ -178,15 +235,15 @@ fn malformed_drops_reported(
             e.node == node.name
                 && e.kind == "drop"
                 && e.reason == Reason::MalformedIpv4.name()
-                && e.hook == Hook::FromContainer.name()
-                && e.ifname.as_deref() == Some(pod.host_ifname.as_str())
+                && e.hook == hook.name()
+                && e.ifname.as_deref() == Some(ifname)
         })
         .count();
     ensure!(
-        drops == MALFORMED_FRAMES,
-        "{drops} drop events '{}' from {} on {}, expected {MALFORMED_FRAMES}",
+        drops == expected,
+        "{drops} drop events '{}' at {} of {ifname} on {}, expected {expected}",
         Reason::MalformedIpv4.name(),
-        pod.host_ifname,
+        hook.name(),
         node.name
     );
     Ok(())

@@ -10,7 +10,9 @@ use weft_datapath::{
 };
 use weft_lab::{
     LabSpec,
-    datapath::{drain_events, endpoints, inspect, install, metrics_delta, set_trace, start},
+    datapath::{
+        EXTERNAL_DEVICE, drain_events, endpoints, inspect, install, metrics_delta, set_trace, start,
+    },
     leftovers,
     netns::run_in,
     selftest,
@@ -43,9 +45,9 @@ fn self_test_traffic_passes_through_the_programs_and_is_reported() {
 }
 
 #[test]
-fn every_pod_veth_carries_exactly_our_two_programs_and_reinstall_changes_nothing() {
+fn every_node_interface_carries_exactly_its_program_and_reinstall_changes_nothing() {
     if !running_as_root(
-        "every_pod_veth_carries_exactly_our_two_programs_and_reinstall_changes_nothing",
+        "every_node_interface_carries_exactly_its_program_and_reinstall_changes_nothing",
     ) {
         return;
     }
@@ -53,12 +55,13 @@ fn every_pod_veth_carries_exactly_our_two_programs_and_reinstall_changes_nothing
     install(&lab).expect("second install is a no-op");
     for node in &lab.nodes {
         let view = inspect(node).expect("inspect");
-        assert_eq!(view.attachments.len(), 2 * node.pods.len());
+        assert_eq!(view.attachments.len(), 1 + 2 * node.pods.len());
         for a in &view.attachments {
-            let want = if a.hook == Hook::FromContainer.name() {
-                "from_container"
-            } else {
-                "to_container"
+            let want = match Hook::from_name(&a.hook) {
+                Some(Hook::FromContainer) => "from_container",
+                Some(Hook::ToContainer) => "to_container",
+                Some(Hook::Xdp) => "xdp_entry",
+                other => panic!("unexpected hook {other:?}"),
             };
             assert_eq!(
                 a.programs,
@@ -136,7 +139,7 @@ fn detaching_an_endpoint_removes_its_programs_and_its_traffic_is_no_longer_count
         .collect::<Vec<_>>();
     let changes = run_in(&node.netns, || {
         let mut dp = NodeDatapath::open(&node.pin_dir)?;
-        reconcile_attachments(&mut dp, &only_b)
+        reconcile_attachments(&mut dp, EXTERNAL_DEVICE, &only_b)
     })
     .expect("netns")
     .expect("reconcile");

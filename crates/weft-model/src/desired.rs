@@ -32,18 +32,20 @@ impl AttachmentChanges {
     }
 }
 
-/// Every endpoint's host-side veth carries `from_container` on ingress and `to_container` on
-/// egress.
-pub fn desired_attachments(endpoints: &[Endpoint]) -> BTreeSet<Attachment> {
-    endpoints
-        .iter()
-        .flat_map(|ep| {
-            [Hook::FromContainer, Hook::ToContainer].map(|hook| Attachment {
-                ifname: ep.host_ifname.clone(),
-                hook,
-            })
+/// The node's external device carries `xdp_entry`; every endpoint's host-side veth carries
+/// `from_container` on ingress and `to_container` on egress.
+pub fn desired_attachments(external_device: &str, endpoints: &[Endpoint]) -> BTreeSet<Attachment> {
+    let external = Attachment {
+        ifname: external_device.to_string(),
+        hook: Hook::Xdp,
+    };
+    let veths = endpoints.iter().flat_map(|ep| {
+        [Hook::FromContainer, Hook::ToContainer].map(|hook| Attachment {
+            ifname: ep.host_ifname.clone(),
+            hook,
         })
-        .collect()
+    });
+    std::iter::once(external).chain(veths).collect()
 }
 
 pub fn attachment_changes(
@@ -76,10 +78,11 @@ mod tests {
 
     #[test]
     fn each_endpoint_gets_both_veth_programs() {
-        let d = desired_attachments(&[ep("a"), ep("b")]);
+        let d = desired_attachments("eth0", &[ep("a"), ep("b")]);
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![
+                att("eth0", Hook::Xdp),
                 att("lxca", Hook::FromContainer),
                 att("lxca", Hook::ToContainer),
                 att("lxcb", Hook::FromContainer),
@@ -90,8 +93,8 @@ mod tests {
 
     #[test]
     fn changes_touch_only_what_differs() {
-        let current = desired_attachments(&[ep("a"), ep("b")]);
-        let desired = desired_attachments(&[ep("b"), ep("c")]);
+        let current = desired_attachments("eth0", &[ep("a"), ep("b")]);
+        let desired = desired_attachments("eth0", &[ep("b"), ep("c")]);
         let changes = attachment_changes(&desired, &current);
         assert_eq!(
             changes.attach,
