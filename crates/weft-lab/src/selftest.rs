@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{SocketAddrV4, TcpStream},
+    net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream},
 };
 
 use anyhow::{Context as _, anyhow, ensure};
@@ -115,15 +115,26 @@ fn check(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> Check {
     }
 }
 
+/// The server must see the client pod's own address: nothing on the way translates it.
+fn server_saw(seen: SocketAddr, client: &PodSpec) -> anyhow::Result<()> {
+    ensure!(
+        seen.ip() == IpAddr::V4(client.ip),
+        "the server saw {seen}, not {}",
+        client.ip
+    );
+    Ok(())
+}
+
 fn traffic_checks(a: &PodSpec, b: &PodSpec, remote: Option<&PodSpec>) -> Vec<Check> {
     let mut checks = vec![
         check(&format!("TCP {} -> {} (same node)", a.name, b.name), || {
-            traffic::tcp_echo(
+            let seen = traffic::tcp_echo(
                 &a.netns,
                 &b.netns,
                 SocketAddrV4::new(b.ip, 7001),
                 b"weft tcp",
-            )
+            )?;
+            server_saw(seen, a)
         }),
         check(&format!("UDP {} -> {} (same node)", a.name, b.name), || {
             let seen = traffic::udp_echo(
@@ -132,12 +143,7 @@ fn traffic_checks(a: &PodSpec, b: &PodSpec, remote: Option<&PodSpec>) -> Vec<Che
                 SocketAddrV4::new(b.ip, 7002),
                 b"weft udp",
             )?;
-            ensure!(
-                seen.ip() == std::net::IpAddr::V4(a.ip),
-                "server saw {seen}, not {}",
-                a.ip
-            );
-            Ok(())
+            server_saw(seen, a)
         }),
         check(
             &format!("ICMP echo {} -> {} (same node)", a.name, b.name),
@@ -151,12 +157,13 @@ fn traffic_checks(a: &PodSpec, b: &PodSpec, remote: Option<&PodSpec>) -> Vec<Che
                 a.node, a.name, r.node, r.name
             ),
             || {
-                traffic::tcp_echo(
+                let seen = traffic::tcp_echo(
                     &a.netns,
                     &r.netns,
                     SocketAddrV4::new(r.ip, 7003),
                     b"weft remote",
-                )
+                )?;
+                server_saw(seen, a)
             },
         ));
     }

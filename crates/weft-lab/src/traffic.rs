@@ -14,27 +14,27 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::netns::run_in;
 
-pub const TIMEOUT: Duration = Duration::from_secs(3);
+pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A TCP connection from `client_netns` to `server` (listening in `server_netns`): sends
-/// `payload`, expects it echoed back.
+/// `payload`, expects it echoed back. Returns the client address the server saw.
 pub fn tcp_echo(
     client_netns: &str,
     server_netns: &str,
     server: SocketAddrV4,
     payload: &[u8],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = run_in(server_netns, || TcpListener::bind(server))?
         .with_context(|| format!("listening on {server} in {server_netns}"))?;
     std::thread::scope(|scope| {
-        let echo = scope.spawn(|| -> anyhow::Result<()> {
+        let echo = scope.spawn(|| -> anyhow::Result<std::net::SocketAddr> {
             listener.set_nonblocking(false)?;
-            let (mut conn, _) = accept_with_timeout(&listener)?;
+            let (mut conn, peer) = accept_with_timeout(&listener)?;
             conn.set_read_timeout(Some(TIMEOUT))?;
             let mut buf = vec![0u8; payload.len()];
             conn.read_exact(&mut buf).context("server read")?;
             conn.write_all(&buf).context("server write")?;
-            Ok(())
+            Ok(peer)
         });
         let client = || -> anyhow::Result<()> {
             let mut stream = run_in(client_netns, || {

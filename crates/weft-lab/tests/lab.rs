@@ -3,11 +3,10 @@
 
 use std::{
     fs,
-    io::{self, ErrorKind, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    io::{self, ErrorKind},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     os::unix::process::ExitStatusExt as _,
     path::Path,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -16,60 +15,22 @@ use weft_lab::{
     LabSpec, Topology, command_in, down, exec, leftovers, load,
     netns::run_in,
     testing::{LabGuard, running_as_root, unique_lab_name},
-    up,
+    traffic, up,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn pod_addr(lab: &Topology, pod: &str) -> anyhow::Result<(String, Ipv4Addr)> {
     let (_, pod) = lab.find_pod(pod).with_context(|| format!("no pod {pod}"))?;
     Ok((pod.netns.clone(), pod.ip))
 }
 
-/// Accepts one connection on a non-blocking listener within TIMEOUT, echoes what it reads,
-/// and returns the peer's address.
-fn echo_once(listener: TcpListener) -> io::Result<SocketAddr> {
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + TIMEOUT;
-    let (mut stream, peer) = loop {
-        match listener.accept() {
-            Ok(accepted) => break accepted,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    let mut buf = [0u8; 64];
-    let n = stream.read(&mut buf)?;
-    stream.write_all(&buf[..n])?;
-    Ok(peer)
-}
-
 /// TCP connect from pod `from` to pod `to`, echo a few bytes; the server sees the real pod IP.
 fn tcp_echo(lab: &Topology, from: &str, to: &str) -> anyhow::Result<()> {
     let (server_ns, server_ip) = pod_addr(lab, to)?;
     let (client_ns, client_ip) = pod_addr(lab, from)?;
-    let addr = SocketAddr::from((server_ip, 7000));
-    let listener = run_in(&server_ns, || TcpListener::bind(addr))??;
-    let server = thread::spawn(move || echo_once(listener));
+    let server = SocketAddrV4::new(server_ip, 7000);
     let msg = format!("hello from {from}");
-    let reply = run_in(&client_ns, || -> io::Result<Vec<u8>> {
-        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.write_all(msg.as_bytes())?;
-        let mut reply = vec![0u8; msg.len()];
-        stream.read_exact(&mut reply)?;
-        Ok(reply)
-    })?
-    .with_context(|| format!("TCP {from} -> {to} ({addr})"))?;
-    let peer = server
-        .join()
-        .map_err(|_| anyhow::anyhow!("echo server panicked"))?
-        .with_context(|| format!("echo server in {to}"))?;
-    assert_eq!(reply, msg.as_bytes(), "{from} -> {to}");
+    let peer = traffic::tcp_echo(&client_ns, &server_ns, server, msg.as_bytes())
+        .with_context(|| format!("TCP {from} -> {to} ({server})"))?;
     assert_eq!(peer.ip(), client_ip, "{to} sees {from}'s own address");
     Ok(())
 }
@@ -77,24 +38,14 @@ fn tcp_echo(lab: &Topology, from: &str, to: &str) -> anyhow::Result<()> {
 fn udp_roundtrip(lab: &Topology, from: &str, to: &str) -> anyhow::Result<()> {
     let (server_ns, server_ip) = pod_addr(lab, to)?;
     let (client_ns, client_ip) = pod_addr(lab, from)?;
-    let server = run_in(&server_ns, || UdpSocket::bind((server_ip, 7001)))??;
-    let client = run_in(&client_ns, || UdpSocket::bind((client_ip, 0)))??;
-    for socket in [&server, &client] {
-        socket.set_read_timeout(Some(TIMEOUT))?;
-    }
-    client.send_to(b"ping", (server_ip, 7001))?;
-    let mut buf = [0u8; 16];
-    let (n, peer) = server
-        .recv_from(&mut buf)
-        .with_context(|| format!("UDP {from} -> {to}"))?;
-    assert_eq!(&buf[..n], b"ping");
+    let peer = traffic::udp_echo(
+        &client_ns,
+        &server_ns,
+        SocketAddrV4::new(server_ip, 7001),
+        b"ping",
+    )
+    .with_context(|| format!("UDP {from} -> {to}"))?;
     assert_eq!(peer.ip(), client_ip);
-    server.send_to(b"pong", peer)?;
-    let (n, peer) = client
-        .recv_from(&mut buf)
-        .with_context(|| format!("UDP reply {to} -> {from}"))?;
-    assert_eq!(&buf[..n], b"pong");
-    assert_eq!(peer, SocketAddr::from((server_ip, 7001)));
     Ok(())
 }
 
