@@ -26,7 +26,7 @@ use weft_model::desired::Attachment;
 
 use crate::{
     Datapath, DatapathMaps,
-    object::{AttachKind, BPF_OBJECT, hooks_with_programs, program_for},
+    object::{AttachKind, BPF_OBJECT, load_programs, program, program_for},
 };
 
 pub struct NodeDatapath {
@@ -47,13 +47,7 @@ impl NodeDatapath {
         let mut ebpf = loader.load(BPF_OBJECT).with_context(|| {
             format!("loading the BPF object with maps in {}", pin_dir.display())
         })?;
-        for (_, name, kind) in hooks_with_programs() {
-            match kind {
-                AttachKind::Tcx(_) => classifier(&mut ebpf, name)?.load(),
-                AttachKind::Xdp => xdp(&mut ebpf, name)?.load(),
-            }
-            .with_context(|| format!("verifying program {name}"))?;
-        }
+        load_programs(&mut ebpf)?;
         Ok(NodeDatapath {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,
@@ -84,20 +78,6 @@ fn parse_link_pin_name(name: &str) -> Option<Attachment> {
         ifname: ifname.to_string(),
         hook: Hook::from_name(hook)?,
     })
-}
-
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
-        .try_into()
-        .with_context(|| format!("{name} is not an XDP program"))
-}
-
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
-        .try_into()
-        .with_context(|| format!("{name} is not a tc classifier"))
 }
 
 /// Attachments recorded in a node's pin directory, without loading anything.
@@ -179,7 +159,7 @@ impl Datapath for NodeDatapath {
         let ifname = attachment.ifname.as_str();
         let link: FdLink = match kind {
             AttachKind::Tcx(attach_type) => {
-                let program = classifier(&mut self.ebpf, name)?;
+                let program = program::<SchedClassifier>(&mut self.ebpf, name)?;
                 let order = TcAttachOptions::TcxOrder(LinkOrder::default());
                 let id = program
                     .attach_with_options(ifname, attach_type, order)
@@ -190,7 +170,7 @@ impl Datapath for NodeDatapath {
                     .context("a tcx link is an fd link")?
             }
             AttachKind::Xdp => {
-                let program = xdp(&mut self.ebpf, name)?;
+                let program = program::<Xdp>(&mut self.ebpf, name)?;
                 let id = program
                     .attach(ifname, XdpMode::Driver)
                     .with_context(|| format!("native XDP attach of {name} to {ifname}"))?;

@@ -1,5 +1,11 @@
 //! The BPF object built from `weft-ebpf` by this crate's build script.
 
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    programs::{Program, ProgramError, SchedClassifier, Xdp},
+};
+
 /// The ELF object holding every Weft program.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
 
@@ -29,10 +35,30 @@ pub fn program_for(hook: weft_common::Hook) -> Option<(&'static str, AttachKind)
     }
 }
 
-/// Every hook that has a program.
-pub fn hooks_with_programs() -> impl Iterator<Item = (weft_common::Hook, &'static str, AttachKind)>
+/// The programs of the object and how each is attached.
+fn programs() -> impl Iterator<Item = (&'static str, AttachKind)> {
+    weft_common::Hook::ALL.into_iter().filter_map(program_for)
+}
+
+/// A program of `ebpf` as its concrete type.
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut Program: TryInto<&'a mut T, Error = ProgramError>,
 {
-    weft_common::Hook::ALL
-        .into_iter()
-        .filter_map(|hook| program_for(hook).map(|(name, kind)| (hook, name, kind)))
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the BPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not of the expected type"))
+}
+
+/// Loads (verifies) every program the hooks use.
+pub(crate) fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for (name, kind) in programs() {
+        match kind {
+            AttachKind::Tcx(_) => program::<SchedClassifier>(ebpf, name)?.load(),
+            AttachKind::Xdp => program::<Xdp>(ebpf, name)?.load(),
+        }
+        .with_context(|| format!("verifying program {name}"))?;
+    }
+    Ok(())
 }

@@ -7,7 +7,10 @@ use aya::{
     programs::{Program, TestRun, TestRunOptions},
 };
 
-use crate::{DatapathMaps, object::BPF_OBJECT};
+use crate::{
+    DatapathMaps,
+    object::{BPF_OBJECT, load_programs},
+};
 
 pub struct TestHarness {
     ebpf: Ebpf,
@@ -29,15 +32,7 @@ impl TestHarness {
         let mut ebpf = EbpfLoader::new()
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
-        let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
-        for name in names {
-            match ebpf.program_mut(&name) {
-                Some(Program::SchedClassifier(p)) => p.load(),
-                Some(Program::Xdp(p)) => p.load(),
-                _ => continue,
-            }
-            .with_context(|| format!("verifying {name}"))?;
-        }
+        load_programs(&mut ebpf)?;
         let maps = DatapathMaps::take_from(&mut ebpf)?;
         Ok(TestHarness { ebpf, maps })
     }
@@ -45,23 +40,9 @@ impl TestHarness {
     /// Runs `program` once on `packet`.
     pub fn run(&mut self, program: &str, packet: &[u8]) -> anyhow::Result<RunOutcome> {
         let mut out = vec![0u8; packet.len() + 256];
-        let (len, verdict) = self.test_run(program, packet, &mut out)?;
-        out.truncate(len as usize);
-        Ok(RunOutcome {
-            verdict,
-            packet: out,
-        })
-    }
-
-    fn test_run(
-        &mut self,
-        program: &str,
-        packet: &[u8],
-        out: &mut [u8],
-    ) -> anyhow::Result<(u32, i32)> {
         let opts = TestRunOptions {
             data_in: Some(packet),
-            data_out: Some(out),
+            data_out: Some(&mut out),
             ..TestRunOptions::default()
         };
         let result = match self.ebpf.program_mut(program) {
@@ -71,6 +52,10 @@ impl TestHarness {
             None => return Err(anyhow!("no program {program}")),
         }
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
-        Ok((result.data_size_out, result.return_value as i32))
+        out.truncate(result.data_size_out as usize);
+        Ok(RunOutcome {
+            verdict: result.return_value as i32,
+            packet: out,
+        })
     }
 }

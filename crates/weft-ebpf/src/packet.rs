@@ -18,7 +18,8 @@ pub trait Packet {
     fn copy_head(&self, dst: &mut [u8; SNIPPET_LEN]) -> u16;
 }
 
-/// The copy length, provably in 1..=SNIPPET_LEN for the verifier (0 means nothing to copy).
+/// The copy length: the packet length clamped to SNIPPET_LEN (0 for an empty packet); callers
+/// test for 0 so the verifier sees 1..=SNIPPET_LEN.
 #[inline(always)]
 fn head_len(pkt_len: u32) -> u32 {
     let mut len = pkt_len;
