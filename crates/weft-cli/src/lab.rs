@@ -1,16 +1,24 @@
 //! `weft lab ...`
 
-use std::process::ExitCode;
+mod apply;
 
-use anyhow::Context as _;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use weft_common::Reason;
 use weft_lab::{
     LabSpec, Topology,
     datapath::{inspect, start},
+    runtime::{self, Binaries},
     selftest,
     topology::format_mac,
 };
+
+use crate::status;
 
 #[derive(Args, Clone)]
 pub struct LabName {
@@ -21,14 +29,36 @@ pub struct LabName {
 
 #[derive(Subcommand)]
 pub enum LabCommand {
-    /// Build the lab and attach the datapath (replaces what a crashed lab of that name left).
+    /// Build the lab and start a Weft agent on every node (replaces what a crashed lab of that
+    /// name left). With --pods-per-node N>0, hand-wire N pods per node and attach the datapath
+    /// directly instead, without agents (what `weft lab test` exercises).
     Up {
         #[command(flatten)]
         lab: LabName,
         #[arg(long, default_value_t = 3)]
         nodes: u32,
-        #[arg(long, default_value_t = 2)]
+        /// Hand-wired pods per node; 0 (the default) lets Weft's agents run the lab.
+        #[arg(long, default_value_t = 0)]
         pods_per_node: u32,
+        /// A Cilium-style values.yaml handed to every agent.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Put Kubernetes objects into the lab and run the Pods among them, like `kubectl apply`.
+    Apply {
+        #[command(flatten)]
+        lab: LabName,
+        /// A manifest file, or a directory of them (*.yaml, *.yml); repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove Kubernetes objects from the lab and stop the Pods among them.
+    Delete {
+        #[command(flatten)]
+        lab: LabName,
+        /// A manifest file, or a directory of them (*.yaml, *.yml); repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
     },
     /// Show the lab: namespaces, addresses, attached programs, counters.
     Status {
@@ -61,22 +91,22 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             lab,
             nodes,
             pods_per_node,
-        } => {
-            let spec = LabSpec::with_size(lab.name, nodes, pods_per_node);
-            let topology = start(&spec)?;
-            println!(
-                "lab {} is up: {} nodes, {} pods, datapath attached",
-                topology.name,
-                topology.nodes.len(),
-                topology.pods().count()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+            config,
+        } => up(
+            &LabSpec::with_size(lab.name, nodes, pods_per_node),
+            config.as_deref(),
+        ),
+        LabCommand::Apply { lab, files } => apply::apply(&lab.name, &files),
+        LabCommand::Delete { lab, files } => apply::delete(&lab.name, &files),
         LabCommand::Status { lab } => {
             print_status(&weft_lab::load(&lab.name)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Test { lab } => self_test(&weft_lab::load(&lab.name)?),
+        LabCommand::Test { lab } => {
+            let topology = weft_lab::load(&lab.name)?;
+            require_hand_wired(&topology)?;
+            self_test(&topology)
+        }
         LabCommand::Exec {
             lab,
             target,
@@ -94,6 +124,58 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn up(spec: &LabSpec, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if spec.pods_per_node > 0 {
+        if config.is_some() {
+            bail!("--config is for labs run by Weft's agents (--pods-per-node 0)");
+        }
+        let topology = start(spec)?;
+        println!(
+            "lab {} is up: {} nodes, {} hand-wired pods, datapath attached",
+            topology.name,
+            topology.nodes.len(),
+            topology.pods().count()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(config) = config
+        && !config.is_file()
+    {
+        bail!("--config {}: no such file", config.display());
+    }
+    let bins = Binaries::locate()?;
+    let topology = runtime::up_cluster(spec, &bins, config)?;
+    println!(
+        "lab {} is up: {} nodes, each run by a Weft agent",
+        topology.name,
+        topology.nodes.len()
+    );
+    let mut code = ExitCode::SUCCESS;
+    for node in &topology.nodes {
+        let health = status::probe(
+            &node.name,
+            &runtime::agent_socket(&topology.name, &node.name),
+        );
+        print!("{}", status::health_text(&health));
+        if !health.healthy() {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+/// `weft lab test` drives the hand-wired pods of `weft lab up --pods-per-node N`.
+fn require_hand_wired(topology: &Topology) -> anyhow::Result<()> {
+    if topology.pods().next().is_none() {
+        bail!(
+            "lab {} has no hand-wired pods: `weft lab test` exercises hand-wired pods: bring the \
+             lab up with --pods-per-node 2",
+            topology.name
+        );
+    }
+    Ok(())
+}
+
 fn print_status(topology: &Topology) -> anyhow::Result<()> {
     println!("lab {}", topology.name);
     println!(
@@ -105,12 +187,17 @@ fn print_status(topology: &Topology) -> anyhow::Result<()> {
         topology.client.netns, topology.client.ip
     );
     for node in &topology.nodes {
+        // The planned pod CIDR is the hand-wired pods'; an agent claims its own (shown below).
+        let pods = if node.pods.is_empty() {
+            String::new()
+        } else {
+            format!("  pods {}", node.pod_cidr)
+        };
         println!(
-            "  node {:<4} netns {:<24} eth0 {}  pods {}  pins {}",
+            "  node {:<4} netns {:<24} eth0 {}{pods}  pins {}",
             node.name,
             node.netns,
             node.underlay_ip,
-            node.pod_cidr,
             node.pin_dir.display()
         );
         for pod in &node.pods {
@@ -123,7 +210,21 @@ fn print_status(topology: &Topology) -> anyhow::Result<()> {
                 pod.host_ifname
             );
         }
-        let view = inspect(node).with_context(|| format!("inspecting {}", node.name))?;
+        let socket = runtime::agent_socket(&topology.name, &node.name);
+        // A lab run by agents: show each agent's view, also when it died.
+        if socket.exists() || runtime::agent_pid(&topology.name, &node.name).is_some() {
+            let health = status::probe(&node.name, &socket);
+            for line in status::health_text(&health).lines().skip(1) {
+                println!("  {line}");
+            }
+        }
+        let view = match inspect(node) {
+            Ok(view) => view,
+            Err(e) => {
+                println!("    datapath: cannot inspect: {e:#}");
+                continue;
+            }
+        };
         for a in &view.attachments {
             println!(
                 "    attached {:<14} on {:<10} -> {}",
@@ -146,7 +247,38 @@ fn print_status(topology: &Topology) -> anyhow::Result<()> {
             );
         }
     }
+    print_weft_pods(&runtime::running_pods(&topology.name)?);
     Ok(())
+}
+
+fn print_weft_pods(pods: &[runtime::PodRecord]) {
+    if pods.is_empty() {
+        return;
+    }
+    println!("  pods run by Weft:");
+    for line in crate::nodes::table(
+        &["NAMESPACE/NAME", "NODE", "NETNS", "ADDRESS", "PIDS"],
+        &pods
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{}/{}", p.namespace, p.name),
+                    p.node.clone(),
+                    p.netns.clone(),
+                    p.address.clone().unwrap_or_else(|| "-".into()),
+                    p.pids
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+    .lines()
+    {
+        println!("    {line}");
+    }
 }
 
 fn self_test(topology: &Topology) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,10 @@
 //! `weft`: the command line of the Weft datapath and its netns lab.
 
+mod bpf;
 mod lab;
+mod nodes;
 mod observe;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -25,13 +28,28 @@ enum Command {
     },
     /// Print the datapath's events (drops, traces) of a lab node.
     Observe(observe::ObserveArgs),
+    /// The health of the nodes' agents: reachable, ready, what they programmed.
+    Status(nodes::NodeArgs),
+    /// Read a node's pinned datapath maps.
+    Bpf {
+        #[command(subcommand)]
+        command: bpf::BpfCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
+    // Die quietly of a closed pipe (`weft bpf ipcache list | head`) like other command-line
+    // tools, instead of panicking in println!.
+    // SAFETY: restoring the default disposition of a signal has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab { command } => lab::run(command),
         Command::Observe(args) => observe::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Bpf { command } => bpf::run(command),
     };
     match result {
         Ok(code) => code,

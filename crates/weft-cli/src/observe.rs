@@ -2,9 +2,11 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 use weft_lab::datapath::drain_events;
+
+pub use crate::nodes::Output;
+use crate::nodes::select_nodes;
 
 #[derive(Args)]
 pub struct ObserveArgs {
@@ -30,22 +32,9 @@ pub enum EventType {
     Trace,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
 pub fn run(args: &ObserveArgs) -> anyhow::Result<ExitCode> {
     let topology = weft_lab::load(&args.lab)?;
-    let nodes: Vec<_> = match &args.node {
-        Some(name) => vec![
-            topology
-                .node(name)
-                .ok_or_else(|| anyhow!("lab {} has no node {name}", args.lab))?,
-        ],
-        None => topology.nodes.iter().collect(),
-    };
+    let nodes = select_nodes(&topology, args.node.as_deref())?;
     loop {
         for node in &nodes {
             for event in drain_events(node)? {

@@ -53,6 +53,10 @@ pub struct Event {
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
     pub snippet: [u8; SNIPPET_LEN],
+    /// Security identity of the source when the datapath knows it (from the tunnel option or
+    /// the local endpoint), else 0.
+    pub src_identity: u32,
+    pub _pad2: u32,
 }
 
 impl Event {
@@ -75,10 +79,12 @@ impl Event {
             src_addr: [0; 16],
             dst_addr: [0; 16],
             snippet: [0; SNIPPET_LEN],
+            src_identity: 0,
+            _pad2: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 128);
+const _: () = assert!(core::mem::size_of::<Event>() == 136);
 const _: () = assert!(core::mem::offset_of!(Event, src_addr) == 32);
 const _: () = assert!(core::mem::offset_of!(Event, snippet) == 64);

@@ -7,16 +7,25 @@
 #![no_std]
 
 pub mod config;
+pub mod endpoint;
 pub mod event;
+pub mod geneve;
 pub mod hook;
+pub mod ipcache;
 pub mod metrics;
+pub mod nat;
 pub mod net;
+pub mod node;
 pub mod reason;
 
 pub use config::{CONFIG_TRACE_FLAG, DatapathConfig};
+pub use endpoint::{EndpointInfo, EndpointKey};
 pub use event::{Event, EventKind};
 pub use hook::Hook;
+pub use ipcache::IpcacheEntry;
 pub use metrics::{MetricsKey, MetricsValue};
+pub use nat::{NatEntry4, NatKey4};
+pub use node::NodeConfig;
 pub use reason::Reason;
 
 /// Names of the maps as they appear in the BPF object and under the node's pin directory.
@@ -24,6 +33,13 @@ pub mod maps {
     pub const EVENTS: &str = "weft_events";
     pub const METRICS: &str = "weft_metrics";
     pub const CONFIG: &str = "weft_config";
+    pub const NODE: &str = "weft_node";
+    pub const ENDPOINTS: &str = "weft_endpoints";
+    pub const IPCACHE4: &str = "weft_ipcache4";
+    pub const SNAT4: &str = "weft_snat4";
+
+    /// Every map of the object; all of them are pinned in the node's pin directory.
+    pub const ALL: [&str; 7] = [EVENTS, METRICS, CONFIG, NODE, ENDPOINTS, IPCACHE4, SNAT4];
 }
 
 /// Names of the programs in the BPF object.
@@ -31,6 +47,8 @@ pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const TO_CONTAINER: &str = "to_container";
     pub const XDP_ENTRY: &str = "xdp_entry";
+    pub const FROM_NETDEV: &str = "from_netdev";
+    pub const TO_NETDEV: &str = "to_netdev";
 }
 
 /// Declares that a type is plain old data for aya's map accessors.
@@ -46,7 +64,17 @@ macro_rules! impl_pod {
 }
 
 #[cfg(feature = "user")]
-impl_pod!(Event, MetricsValue, DatapathConfig);
+impl_pod!(
+    Event,
+    MetricsValue,
+    DatapathConfig,
+    NodeConfig,
+    EndpointKey,
+    EndpointInfo,
+    IpcacheEntry,
+    NatKey4,
+    NatEntry4,
+);
 
 #[cfg(test)]
 mod tests {

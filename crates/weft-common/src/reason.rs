@@ -40,6 +40,17 @@ reasons! {
     MalformedUdp = 6 => "malformed UDP header",
     MalformedIcmp = 7 => "malformed ICMP header",
     UnsupportedL3 = 8 => "unsupported L3 protocol",
+    InvalidSource = 9 => "invalid source",
+    SnatNoPort = 10 => "no free SNAT port",
+    TtlExceeded = 11 => "TTL exceeded",
+    NatUnsupportedProto = 12 => "unsupported protocol for NAT",
+    MalformedGeneve = 13 => "malformed Geneve header",
+    UnknownVni = 14 => "unknown Geneve VNI",
+    EncapFailed = 15 => "encapsulation failed",
+    DecapFailed = 16 => "decapsulation failed",
+    NatFailed = 17 => "NAT rewrite failed",
+    UnknownEndpoint = 18 => "no such local endpoint",
+    RedirectFailed = 19 => "redirect failed",
 }
 
 impl Reason {
@@ -56,4 +67,4 @@ impl Reason {
     }
 }
 
-const _: () = assert!((Reason::UnsupportedL3 as u32) < Reason::SLOTS);
+const _: () = assert!((Reason::RedirectFailed as u32) < Reason::SLOTS);

@@ -1,20 +1,24 @@
 //! An in-memory [`Datapath`] for tests without root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::bail;
-use weft_common::DatapathConfig;
-use weft_model::desired::Attachment;
+use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig};
+use weft_model::{Ipv4Cidr, desired::Attachment};
 
 use crate::Datapath;
 
 /// Behaves like the kernel where it matters to callers: attaching to an interface that does not
-/// exist fails, attaching twice fails, detaching what is not attached fails.
+/// exist fails, attaching twice fails, detaching what is not attached fails, deleting an absent
+/// map key succeeds, ipcache keys are canonical prefixes (an [`Ipv4Cidr`] cannot have host bits).
 #[derive(Debug, Default)]
 pub struct FakeDatapath {
     pub interfaces: BTreeSet<String>,
     pub attached: BTreeSet<Attachment>,
     pub config: DatapathConfig,
+    pub node: NodeConfig,
+    pub endpoints: BTreeMap<EndpointKey, EndpointInfo>,
+    pub ipcache: BTreeMap<Ipv4Cidr, IpcacheEntry>,
     /// Every call that changed state, in order, for assertions.
     pub log: Vec<String>,
 }
@@ -69,6 +73,77 @@ impl Datapath for FakeDatapath {
         self.log.push(format!("config flags={:#x}", config.flags));
         Ok(())
     }
+
+    fn set_node(&mut self, node: NodeConfig) -> anyhow::Result<()> {
+        self.node = node;
+        self.log.push(format!(
+            "node ipv4={} ifindex={} flags={:#x}",
+            std::net::Ipv4Addr::from(node.ipv4),
+            node.external_ifindex,
+            node.flags
+        ));
+        Ok(())
+    }
+
+    fn node(&self) -> anyhow::Result<NodeConfig> {
+        Ok(self.node)
+    }
+
+    fn endpoints(&self) -> anyhow::Result<BTreeMap<EndpointKey, EndpointInfo>> {
+        Ok(self.endpoints.clone())
+    }
+
+    fn put_endpoint(&mut self, key: EndpointKey, info: EndpointInfo) -> anyhow::Result<()> {
+        if !self.endpoints.contains_key(&key)
+            && self.endpoints.len() >= weft_common::endpoint::ENDPOINTS_MAX as usize
+        {
+            bail!("weft_endpoints is full");
+        }
+        self.endpoints.insert(key, info);
+        self.log.push(format!(
+            "put endpoint {} ifindex={} identity={}",
+            std::net::Ipv4Addr::from(key.addr),
+            info.ifindex,
+            info.identity
+        ));
+        Ok(())
+    }
+
+    fn delete_endpoint(&mut self, key: EndpointKey) -> anyhow::Result<()> {
+        if self.endpoints.remove(&key).is_some() {
+            self.log.push(format!(
+                "delete endpoint {}",
+                std::net::Ipv4Addr::from(key.addr)
+            ));
+        }
+        Ok(())
+    }
+
+    fn ipcache(&self) -> anyhow::Result<BTreeMap<Ipv4Cidr, IpcacheEntry>> {
+        Ok(self.ipcache.clone())
+    }
+
+    fn put_ipcache(&mut self, cidr: Ipv4Cidr, entry: IpcacheEntry) -> anyhow::Result<()> {
+        if !self.ipcache.contains_key(&cidr)
+            && self.ipcache.len() >= weft_common::ipcache::IPCACHE_MAX as usize
+        {
+            bail!("weft_ipcache4 is full");
+        }
+        self.ipcache.insert(cidr, entry);
+        self.log.push(format!(
+            "put ipcache {cidr} identity={} tunnel={}",
+            entry.identity,
+            std::net::Ipv4Addr::from(entry.tunnel_endpoint)
+        ));
+        Ok(())
+    }
+
+    fn delete_ipcache(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()> {
+        if self.ipcache.remove(&cidr).is_some() {
+            self.log.push(format!("delete ipcache {cidr}"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -90,10 +165,12 @@ mod tests {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
         let changes =
             reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
-        assert_eq!(changes.attach.len(), 5);
+        assert_eq!(changes.attach.len(), 7);
         assert_eq!(
             dp.log,
             [
+                "attach from-netdev eth0",
+                "attach to-netdev eth0",
                 "attach xdp eth0",
                 "attach from-container lxca",
                 "attach to-container lxca",
@@ -104,7 +181,7 @@ mod tests {
         let again =
             reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
         assert!(again.is_empty());
-        assert_eq!(dp.log.len(), 5, "a second pass changes nothing");
+        assert_eq!(dp.log.len(), 7, "a second pass changes nothing");
     }
 
     #[test]
@@ -120,12 +197,48 @@ mod tests {
     }
 
     #[test]
+    fn map_operations_round_trip_and_deleting_the_absent_is_ok() {
+        let mut dp = FakeDatapath::default();
+        let key = EndpointKey {
+            addr: [10, 42, 1, 10],
+        };
+        let info = EndpointInfo {
+            ifindex: 7,
+            identity: 300,
+            ..EndpointInfo::default()
+        };
+        dp.put_endpoint(key, info).unwrap();
+        assert_eq!(dp.endpoints().unwrap().get(&key), Some(&info));
+        dp.delete_endpoint(key).unwrap();
+        dp.delete_endpoint(key).unwrap();
+        assert!(dp.endpoints().unwrap().is_empty());
+
+        let cidr: Ipv4Cidr = "10.42.2.0/24".parse().unwrap();
+        let entry = IpcacheEntry {
+            identity: 3,
+            tunnel_endpoint: [198, 51, 100, 2],
+        };
+        dp.put_ipcache(cidr, entry).unwrap();
+        assert_eq!(dp.ipcache().unwrap().get(&cidr), Some(&entry));
+        dp.delete_ipcache(cidr).unwrap();
+        dp.delete_ipcache(cidr).unwrap();
+        assert!(dp.ipcache().unwrap().is_empty());
+
+        let node = NodeConfig {
+            external_ifindex: 2,
+            ..NodeConfig::default()
+        };
+        dp.set_node(node).unwrap();
+        assert!(dp.node().unwrap().is_configured());
+    }
+
+    #[test]
     fn a_failed_attach_is_reported_with_the_interface_and_leaves_others_applied() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca"]);
         let err = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")])
             .expect_err("lxczz is missing");
         assert!(format!("{err:#}").contains("lxczz"), "{err:#}");
-        assert_eq!(dp.attached.len(), 3, "eth0's and lxca's attachments stay");
+        assert_eq!(dp.attached.len(), 5, "eth0's and lxca's attachments stay");
         // Level-triggered: once the interface exists, the next pass completes the work.
         dp.interfaces.insert("lxczz".into());
         let changes =

@@ -41,7 +41,7 @@ impl NodeDatapath {
         let links = links_dir(pin_dir);
         fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
         let mut loader = EbpfLoader::new();
-        for name in [names::EVENTS, names::METRICS, names::CONFIG] {
+        for name in names::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
         }
         let mut ebpf = loader.load(BPF_OBJECT).with_context(|| {
@@ -187,11 +187,25 @@ impl Datapath for NodeDatapath {
 
     fn detach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
         let pin = self.link_pin(attachment);
-        let link = PinnedLink::from_pin(&pin)
-            .with_context(|| format!("opening pinned link {}", pin.display()))?;
-        // Unpinning drops the last reference once `link` goes out of scope: the kernel detaches.
-        link.unpin()
-            .with_context(|| format!("unpinning {}", pin.display()))?;
+        match PinnedLink::from_pin(&pin) {
+            Ok(link) => {
+                // Unpinning drops the last reference once `link` goes out of scope: the kernel
+                // detaches.
+                link.unpin()
+                    .with_context(|| format!("unpinning {}", pin.display()))?;
+            }
+            // A link whose interface vanished may no longer open as a link; the pin is all
+            // that is left of it, and removing it is the whole detach.
+            Err(open_error) if pin.exists() => fs::remove_file(&pin).with_context(|| {
+                format!(
+                    "removing pin {} (it does not open: {open_error})",
+                    pin.display()
+                )
+            })?,
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
+            }
+        }
         Ok(())
     }
 
@@ -201,6 +215,53 @@ impl Datapath for NodeDatapath {
 
     fn set_config(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
         DatapathMaps::from_pins(&self.pin_dir)?.set_config(config)
+    }
+
+    fn set_node(&mut self, node: weft_common::NodeConfig) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.set_node(node)
+    }
+
+    fn node(&self) -> anyhow::Result<weft_common::NodeConfig> {
+        DatapathMaps::from_pins(&self.pin_dir)?.node()
+    }
+
+    fn endpoints(
+        &self,
+    ) -> anyhow::Result<
+        std::collections::BTreeMap<weft_common::EndpointKey, weft_common::EndpointInfo>,
+    > {
+        DatapathMaps::from_pins(&self.pin_dir)?.endpoints()
+    }
+
+    fn put_endpoint(
+        &mut self,
+        key: weft_common::EndpointKey,
+        info: weft_common::EndpointInfo,
+    ) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.put_endpoint(key, info)
+    }
+
+    fn delete_endpoint(&mut self, key: weft_common::EndpointKey) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.delete_endpoint(key)
+    }
+
+    fn ipcache(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<weft_model::Ipv4Cidr, weft_common::IpcacheEntry>>
+    {
+        DatapathMaps::from_pins(&self.pin_dir)?.ipcache()
+    }
+
+    fn put_ipcache(
+        &mut self,
+        cidr: weft_model::Ipv4Cidr,
+        entry: weft_common::IpcacheEntry,
+    ) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.put_ipcache(cidr, entry)
+    }
+
+    fn delete_ipcache(&mut self, cidr: weft_model::Ipv4Cidr) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.delete_ipcache(cidr)
     }
 }
 

@@ -30,8 +30,12 @@ pub fn program_for(hook: weft_common::Hook) -> Option<(&'static str, AttachKind)
             programs::TO_CONTAINER,
             AttachKind::Tcx(TcAttachType::Egress),
         )),
+        Hook::FromNetdev => Some((
+            programs::FROM_NETDEV,
+            AttachKind::Tcx(TcAttachType::Ingress),
+        )),
+        Hook::ToNetdev => Some((programs::TO_NETDEV, AttachKind::Tcx(TcAttachType::Egress))),
         Hook::Xdp => Some((programs::XDP_ENTRY, AttachKind::Xdp)),
-        Hook::FromNetdev | Hook::ToNetdev => None,
     }
 }
 

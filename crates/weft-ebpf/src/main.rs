@@ -3,37 +3,54 @@
 #![no_std]
 #![no_main]
 
+mod arp;
+mod container;
 mod events;
+mod geneve;
+mod lookup;
 mod maps;
 mod metrics;
+mod nat;
 mod netdev;
 mod observe;
 mod packet;
 mod parse;
-mod veth;
+mod skb;
+mod verdict;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use weft_common::Hook;
 
 /// tcx ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    veth::handle(&ctx, Hook::FromContainer)
+    container::from_container(&ctx)
 }
 
 /// tcx egress of a pod's host-side veth: every packet delivered to the pod.
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
-    veth::handle(&ctx, Hook::ToContainer)
+    container::to_container(&ctx)
+}
+
+/// tcx ingress of the node's external device: what the underlay delivers to the node.
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    netdev::from_netdev(&ctx)
+}
+
+/// tcx egress of the node's external device: what the node sends to the underlay.
+#[classifier]
+pub fn to_netdev(ctx: TcContext) -> i32 {
+    netdev::to_netdev(&ctx)
 }
 
 /// XDP on the node's external device: every frame the node receives from the underlay.
 #[xdp]
 pub fn xdp_entry(ctx: XdpContext) -> u32 {
-    netdev::handle(&ctx)
+    netdev::xdp(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,21 +1,110 @@
-//! The node's external device at XDP. The node's own stack still needs whatever L3 it speaks
-//! (VLAN, LLDP, ...), so only malformed headers are dropped this early; everything else goes on
-//! to the stack. The north-south service path and the prefilter join here later.
+//! The node's external device.
+//! - XDP: only malformed headers are dropped this early (the node's stack still needs whatever
+//!   L3 it speaks); the north-south service path and the prefilter join here later.
+//! - tc ingress (`from_netdev`): Geneve from other nodes is decapsulated and delivered to the
+//!   pod; replies to masqueraded flows are translated back and delivered to the pod.
+//! - tc egress (`to_netdev`): pod traffic the stack routed out is masqueraded to the node's
+//!   address; traffic the stack routes to a pod of another node is encapsulated.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
-use weft_common::{Hook, Reason};
+use weft_common::{Hook, NodeConfig, Reason, ipcache::identity, net::TC_ACT_OK};
 
-use crate::observe;
+use crate::{
+    geneve, lookup, nat, observe,
+    parse::{self, Headers},
+    skb,
+    verdict::{StageResult, Verdict, settle},
+};
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> u32 {
-    let drop_malformed = |r: Reason| r.is_drop() && r != Reason::UnsupportedL3;
-    if observe::classify(ctx, Hook::Xdp, drop_malformed).is_drop() {
+pub fn xdp(ctx: &XdpContext) -> u32 {
+    let Some(h) = parse::scratch(Hook::Xdp) else {
+        return XDP_PASS;
+    };
+    let verdict = match parse::headers(ctx, h) {
+        Err(reason) if reason != Reason::UnsupportedL3 => Verdict::drop(reason),
+        _ => Verdict::pass(),
+    };
+    observe::account(ctx, Hook::Xdp, h, &verdict);
+    if verdict.reason.is_drop() {
         XDP_DROP
     } else {
         XDP_PASS
+    }
+}
+
+#[inline(always)]
+pub fn from_netdev(ctx: &TcContext) -> i32 {
+    let Some(h) = parse::scratch(Hook::FromNetdev) else {
+        return TC_ACT_OK;
+    };
+    // What the node does not understand is its stack's business, not a drop.
+    let parsed = parse::headers(ctx, h).is_ok();
+    let verdict = match lookup::node() {
+        Some(node) if parsed && h.is_ipv4() => settle(ingress(ctx, h, &node)),
+        _ => Verdict::pass(),
+    };
+    observe::account(ctx, Hook::FromNetdev, h, &verdict);
+    verdict.action
+}
+
+/// On success `h` becomes the headers of what is delivered (the inner packet of a tunnel).
+#[inline(always)]
+fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
+    if geneve::is_geneve_to(h, node) {
+        let tunneled = geneve::inspect(ctx, h, node)?;
+        let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
+        geneve::decap(ctx, &tunneled)?;
+        skb::set_macs(ctx, ep.mac, ep.host_mac)?;
+        return Ok(skb::redirect_peer(ep.ifindex).with_identity(tunneled.identity));
+    }
+    if let Some(pod) = nat::reverse_snat(ctx, h, node)? {
+        let ep = lookup::endpoint(pod).ok_or(Reason::UnknownEndpoint)?;
+        skb::set_macs(ctx, ep.mac, ep.host_mac)?;
+        return Ok(skb::redirect_peer(ep.ifindex).with_identity(identity::WORLD));
+    }
+    Ok(Verdict::pass())
+}
+
+#[inline(always)]
+pub fn to_netdev(ctx: &TcContext) -> i32 {
+    let Some(h) = parse::scratch(Hook::ToNetdev) else {
+        return TC_ACT_OK;
+    };
+    let parsed = parse::headers(ctx, h).is_ok();
+    let verdict = match lookup::node() {
+        Some(node) if parsed && h.is_ipv4() => settle(egress(ctx, h, &node)),
+        _ => Verdict::pass(),
+    };
+    observe::account(ctx, Hook::ToNetdev, h, &verdict);
+    verdict.action
+}
+
+#[inline(always)]
+fn egress(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> StageResult {
+    let dst = lookup::ipcache(h.dst_v4());
+    if let Some(remote) = dst.filter(|e| e.has_tunnel()) {
+        let src_identity = source_identity(h, node);
+        geneve::encap(ctx, node, remote.tunnel_endpoint, src_identity)?;
+        return Ok(skb::redirect_neigh(node.external_ifindex).with_identity(src_identity));
+    }
+    let Some(pod) = lookup::endpoint(h.src_v4()) else {
+        return Ok(Verdict::pass());
+    };
+    if node.masquerade() {
+        nat::snat(ctx, h, node)?;
+    }
+    Ok(Verdict::pass().with_identity(pod.identity))
+}
+
+#[inline(always)]
+fn source_identity(h: &Headers, node: &NodeConfig) -> u32 {
+    if h.src_v4() == node.ipv4 {
+        identity::HOST
+    } else {
+        lookup::endpoint(h.src_v4()).map_or(identity::WORLD, |ep| ep.identity)
     }
 }

@@ -1,23 +1,17 @@
-//! The stage every program runs first: parse, count by hook and verdict, report.
+//! The stage every program ends with: count the packet by hook and verdict, report it.
 
-use weft_common::{EventKind, Hook, Reason};
+use weft_common::{EventKind, Hook};
 
-use crate::{events, metrics, packet::Packet, parse};
+use crate::{events, metrics, packet::Packet, parse::Headers, verdict::Verdict};
 
-/// Parses and accounts for a packet. `drops` says which parse failures this hook drops; the
-/// others are counted as forwarded. Returns the verdict.
+/// Counts and reports a packet with its verdict; `hdrs` are the headers the event shows (the
+/// inner ones for a tunnel packet).
 #[inline(always)]
-pub fn classify<P: Packet>(pkt: &P, hook: Hook, drops: impl Fn(Reason) -> bool) -> Reason {
-    let (hdrs, verdict) = match parse::headers(pkt) {
-        Ok(hdrs) => (hdrs, Reason::Forwarded),
-        Err((hdrs, reason)) if drops(reason) => (hdrs, reason),
-        Err((hdrs, _)) => (hdrs, Reason::Forwarded),
-    };
-    metrics::count(hook, verdict, pkt.len());
-    if verdict.is_drop() {
-        events::emit(pkt, EventKind::Drop, hook, verdict, &hdrs);
+pub fn account<P: Packet>(pkt: &P, hook: Hook, hdrs: &Headers, verdict: &Verdict) {
+    metrics::count(hook, verdict.reason, pkt.len());
+    if verdict.reason.is_drop() {
+        events::emit(pkt, EventKind::Drop, hook, verdict, hdrs);
     } else if events::trace_enabled() {
-        events::emit(pkt, EventKind::Trace, hook, verdict, &hdrs);
+        events::emit(pkt, EventKind::Trace, hook, verdict, hdrs);
     }
-    verdict
 }

@@ -109,3 +109,31 @@ impl Packet for XdpContext {
         copied as u16
     }
 }
+
+/// A tc packet seen from `offset` on: the inner frame of a tunnel packet, for the shared parser.
+pub struct Shifted<'a> {
+    pub ctx: &'a TcContext,
+    pub offset: usize,
+}
+
+impl Packet for Shifted<'_> {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        Packet::len(self.ctx).saturating_sub(self.offset as u32)
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        Packet::load(self.ctx, self.offset + offset)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        Packet::ifindex(self.ctx)
+    }
+
+    #[inline(always)]
+    fn copy_head(&self, dst: &mut [u8; SNIPPET_LEN]) -> u16 {
+        Packet::copy_head(self.ctx, dst)
+    }
+}

@@ -23,45 +23,53 @@ pub struct Headers {
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
+    /// IPv4 time to live / IPv6 hop limit.
+    pub ttl: u8,
+    /// A non-first fragment: no L4 header.
+    pub later_fragment: bool,
+    /// Offset of the L4 header (0 when not reached).
+    pub l4_off: u16,
+    /// ICMP echo identifier (echo request and reply only).
+    pub icmp_echo_id: u16,
 }
 
-/// On failure the headers parsed so far come back with the reason, for the drop event.
-pub type Parsed = Result<Headers, (Headers, Reason)>;
+/// On failure the headers parsed so far stay in the caller's `Headers`, for the drop event.
+pub type Parsed = Result<(), Reason>;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 #[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto: [u8; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
-struct ArpHdr {
-    htype: [u8; 2],
-    ptype: [u8; 2],
-    hlen: u8,
-    plen: u8,
-    op: [u8; 2],
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 #[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: [u8; 2],
-    id: [u8; 2],
-    frag_off: [u8; 2],
-    ttl: u8,
-    proto: u8,
-    check: [u8; 2],
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "wire layout: unread fields keep the offsets")]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
 }
 
 #[repr(C)]
@@ -112,37 +120,37 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 #[inline(always)]
-pub fn headers<P: Packet>(pkt: &P) -> Parsed {
-    let mut h = Headers::default();
+pub fn headers<P: Packet>(pkt: &P, h: &mut Headers) -> Parsed {
+    *h = Headers::default();
     let Some(eth) = pkt.load::<EthHdr>(0) else {
-        return Err((h, Reason::MalformedEthernet));
+        return Err(Reason::MalformedEthernet);
     };
     h.ethertype = be16(eth.proto);
     match h.ethertype {
         ETH_P_IP => ipv4(pkt, h),
         ETH_P_IPV6 => ipv6(pkt, h),
         ETH_P_ARP => arp(pkt, h),
-        _ => Err((h, Reason::UnsupportedL3)),
+        _ => Err(Reason::UnsupportedL3),
     }
 }
 
 #[inline(always)]
-fn arp<P: Packet>(pkt: &P, h: Headers) -> Parsed {
+fn arp<P: Packet>(pkt: &P, _h: &mut Headers) -> Parsed {
     let Some(arp) = pkt.load::<ArpHdr>(ETH_HLEN) else {
-        return Err((h, Reason::MalformedArp));
+        return Err(Reason::MalformedArp);
     };
     let ethernet_ipv4 = be16(arp.htype) == 1 && be16(arp.ptype) == ETH_P_IP;
     if ethernet_ipv4
         && (arp.hlen != 6 || arp.plen != 4 || (pkt.len() as usize) < ETH_HLEN + ARP_ETH_IPV4_LEN)
     {
-        return Err((h, Reason::MalformedArp));
+        return Err(Reason::MalformedArp);
     }
-    Ok(h)
+    Ok(())
 }
 
 #[inline(always)]
-fn ipv4<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
-    let malformed = |h| Err((h, Reason::MalformedIpv4));
+fn ipv4<P: Packet>(pkt: &P, h: &mut Headers) -> Parsed {
+    let malformed = |_: &mut Headers| Err(Reason::MalformedIpv4);
     let Some(ip) = pkt.load::<Ipv4Hdr>(ETH_HLEN) else {
         return malformed(h);
     };
@@ -154,27 +162,30 @@ fn ipv4<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
     }
     h.ip_version = 4;
     h.l4_proto = ip.proto;
+    h.ttl = ip.ttl;
     h.src_addr[..4].copy_from_slice(&ip.saddr);
     h.dst_addr[..4].copy_from_slice(&ip.daddr);
     let fragment_offset = be16(ip.frag_off) & 0x1fff;
     if fragment_offset != 0 {
         // Later fragments carry no L4 header.
-        return Ok(h);
+        h.later_fragment = true;
+        return Ok(());
     }
     l4(pkt, h, ETH_HLEN + hlen, tot_len - hlen)
 }
 
 #[inline(always)]
-fn ipv6<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
+fn ipv6<P: Packet>(pkt: &P, h: &mut Headers) -> Parsed {
     let Some(ip) = pkt.load::<Ipv6Hdr>(ETH_HLEN) else {
-        return Err((h, Reason::MalformedIpv6));
+        return Err(Reason::MalformedIpv6);
     };
     let payload_len = be16(ip.payload_len) as usize;
     let l3_room = (pkt.len() as usize).saturating_sub(ETH_HLEN + IPV6_HLEN);
     if ip.version_tc_flow[0] >> 4 != 6 || payload_len > l3_room {
-        return Err((h, Reason::MalformedIpv6));
+        return Err(Reason::MalformedIpv6);
     }
     h.ip_version = 6;
+    h.ttl = ip.hop_limit;
     h.src_addr = ip.saddr;
     h.dst_addr = ip.daddr;
     let mut next = ip.next_header;
@@ -184,13 +195,14 @@ fn ipv6<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
         let ext_len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
                 let Some(ext) = pkt.load::<Head8>(off) else {
-                    return Err((h, Reason::MalformedIpv6));
+                    return Err(Reason::MalformedIpv6);
                 };
                 if next == IPPROTO_FRAGMENT {
                     let fragment_offset = u16::from_be_bytes([ext.b[2], ext.b[3]]) & 0xfff8;
                     if fragment_offset != 0 {
                         h.l4_proto = ext.b[0];
-                        return Ok(h);
+                        h.later_fragment = true;
+                        return Ok(());
                     }
                     next = ext.b[0];
                     8
@@ -202,7 +214,7 @@ fn ipv6<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
             _ => break,
         };
         if ext_len > remaining {
-            return Err((h, Reason::MalformedIpv6));
+            return Err(Reason::MalformedIpv6);
         }
         off += ext_len;
         remaining -= ext_len;
@@ -213,15 +225,16 @@ fn ipv6<P: Packet>(pkt: &P, mut h: Headers) -> Parsed {
 
 /// `len` is what the IP header says the L4 part measures.
 #[inline(always)]
-fn l4<P: Packet>(pkt: &P, mut h: Headers, off: usize, len: usize) -> Parsed {
+fn l4<P: Packet>(pkt: &P, h: &mut Headers, off: usize, len: usize) -> Parsed {
+    h.l4_off = off as u16;
     match h.l4_proto {
         IPPROTO_TCP => {
             let Some(tcp) = pkt.load::<TcpHdr>(off) else {
-                return Err((h, Reason::MalformedTcp));
+                return Err(Reason::MalformedTcp);
             };
             let doff = ((tcp.doff_res >> 4) as usize) * 4;
             if doff < TCP_MIN_HLEN || doff > len {
-                return Err((h, Reason::MalformedTcp));
+                return Err(Reason::MalformedTcp);
             }
             h.src_port = be16(tcp.sport);
             h.dst_port = be16(tcp.dport);
@@ -229,26 +242,72 @@ fn l4<P: Packet>(pkt: &P, mut h: Headers, off: usize, len: usize) -> Parsed {
         }
         IPPROTO_UDP => {
             let Some(udp) = pkt.load::<Head8>(off) else {
-                return Err((h, Reason::MalformedUdp));
+                return Err(Reason::MalformedUdp);
             };
             let udp_len = u16::from_be_bytes([udp.b[4], udp.b[5]]) as usize;
             if udp_len < UDP_HLEN || udp_len > len {
-                return Err((h, Reason::MalformedUdp));
+                return Err(Reason::MalformedUdp);
             }
             h.src_port = u16::from_be_bytes([udp.b[0], udp.b[1]]);
             h.dst_port = u16::from_be_bytes([udp.b[2], udp.b[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let Some(icmp) = pkt.load::<Head8>(off) else {
-                return Err((h, Reason::MalformedIcmp));
+                return Err(Reason::MalformedIcmp);
             };
             if len < ICMP_HLEN {
-                return Err((h, Reason::MalformedIcmp));
+                return Err(Reason::MalformedIcmp);
             }
             h.src_port = icmp.b[0] as u16;
             h.dst_port = icmp.b[1] as u16;
+            if is_echo(h.l4_proto, icmp.b[0]) {
+                h.icmp_echo_id = u16::from_be_bytes([icmp.b[4], icmp.b[5]]);
+            }
         }
         _ => {}
     }
-    Ok(h)
+    Ok(())
+}
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+#[inline(always)]
+fn is_echo(proto: u8, icmp_type: u8) -> bool {
+    proto == IPPROTO_ICMP && (icmp_type == ICMP_ECHO_REQUEST || icmp_type == ICMP_ECHO_REPLY)
+}
+
+impl Headers {
+    #[inline(always)]
+    pub fn src_v4(&self) -> [u8; 4] {
+        [
+            self.src_addr[0],
+            self.src_addr[1],
+            self.src_addr[2],
+            self.src_addr[3],
+        ]
+    }
+
+    #[inline(always)]
+    pub fn dst_v4(&self) -> [u8; 4] {
+        [
+            self.dst_addr[0],
+            self.dst_addr[1],
+            self.dst_addr[2],
+            self.dst_addr[3],
+        ]
+    }
+
+    #[inline(always)]
+    pub fn is_ipv4(&self) -> bool {
+        self.ip_version == 4
+    }
+}
+
+/// The hook's scratch `Headers` (per CPU; programs do not nest on one CPU within a hook).
+#[inline(always)]
+pub fn scratch(hook: weft_common::Hook) -> Option<&'static mut Headers> {
+    let ptr = crate::maps::SCRATCH.get_ptr_mut(hook as u32)?;
+    // SAFETY: a per-CPU slot of this hook, used by one program invocation at a time.
+    Some(unsafe { &mut *ptr })
 }

@@ -6,12 +6,14 @@
 //! Namespaces are entered with `setns` only (never `ip netns exec`, which remounts /sys and hides
 //! bpffs and cgroup2).
 
+pub mod apply;
 pub mod datapath;
 pub mod exec;
 mod host;
 mod ip;
 pub mod lifecycle;
 pub mod netns;
+pub mod runtime;
 pub mod selftest;
 pub mod spec;
 pub mod testing;

@@ -220,6 +220,10 @@ pub fn leftovers(name: &str) -> Vec<String> {
     if state.exists() {
         found.push(format!("state file {}", state.display()));
     }
+    let runtime_dir = crate::runtime::lab_dir(name);
+    if runtime_dir.exists() {
+        found.push(format!("runtime dir {}", runtime_dir.display()));
+    }
     found
 }
 
@@ -331,6 +335,11 @@ fn remove_cgroups(lab_cgroup: &Path, report: &mut DownReport) -> anyhow::Result<
 }
 
 fn remove_state_file(name: &str, report: &mut DownReport) -> anyhow::Result<()> {
+    // The runtime's directory: agents' sockets, state and logs, manifests, pod records.
+    let runtime_dir = crate::runtime::lab_dir(name);
+    if host::remove_tree(&runtime_dir)? {
+        report.state_file = Some(runtime_dir);
+    }
     let path = state_file(name);
     match fs::remove_file(&path) {
         Ok(()) => {

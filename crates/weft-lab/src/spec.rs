@@ -24,7 +24,7 @@ pub enum SpecError {
     Name { name: String, reason: &'static str },
     #[error("a lab has 1 to {MAX_NODES} nodes, not {0}")]
     Nodes(u32),
-    #[error("a lab has 1 to {MAX_PODS_PER_NODE} pods per node, not {0}")]
+    #[error("a lab has 0 to {MAX_PODS_PER_NODE} hand-wired pods per node, not {0}")]
     PodsPerNode(u32),
 }
 
@@ -51,7 +51,7 @@ impl LabSpec {
         if !(1..=MAX_NODES).contains(&self.nodes) {
             return Err(SpecError::Nodes(self.nodes));
         }
-        if !(1..=MAX_PODS_PER_NODE).contains(&self.pods_per_node) {
+        if self.pods_per_node > MAX_PODS_PER_NODE {
             return Err(SpecError::PodsPerNode(self.pods_per_node));
         }
         Ok(())
@@ -136,13 +136,14 @@ mod tests {
             assert_eq!(err, SpecError::Nodes(nodes));
             assert!(err.to_string().contains("1 to 9 nodes"));
         }
-        for pods in [0, 21] {
-            let err = LabSpec::with_size("a", 3, pods)
-                .validate()
-                .expect_err("pods");
-            assert_eq!(err, SpecError::PodsPerNode(pods));
-            assert!(err.to_string().contains("1 to 20 pods per node"));
-        }
+        let err = LabSpec::with_size("a", 3, 21).validate().expect_err("pods");
+        assert_eq!(err, SpecError::PodsPerNode(21));
+        assert!(err.to_string().contains("0 to 20 hand-wired pods per node"));
+        assert_eq!(
+            LabSpec::with_size("a", 3, 0).validate(),
+            Ok(()),
+            "0: the pods come from Weft"
+        );
         assert_eq!(LabSpec::with_size("a", 9, 20).validate(), Ok(()));
         assert_eq!(LabSpec::with_size("a", 1, 1).validate(), Ok(()));
     }

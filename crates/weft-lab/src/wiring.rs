@@ -90,11 +90,20 @@ fn node_batch(t: &Topology, node: &NodeSpec) -> IpBatch {
         ),
         format!("link set {ETH0} up"),
         format!("route add default via {UNDERLAY_ROUTER_IP}"),
+    ];
+    if node.pods.is_empty() {
+        // Pods come from the CNI plugin and are routed by the datapath: no hand wiring.
+        return IpBatch {
+            netns: node.netns.clone(),
+            commands: c,
+        };
+    }
+    c.extend([
         format!("link add {NODE_HOST_DEV} type veth peer name {NODE_NET_DEV}"),
         format!("addr add {}/32 dev {NODE_HOST_DEV}", node.gateway),
         format!("link set {NODE_NET_DEV} up"),
         format!("link set {NODE_HOST_DEV} up"),
-    ];
+    ]);
     for (cidr, via) in t.peer_routes(node) {
         c.push(format!("route add {cidr} via {via} dev {ETH0}"));
     }

@@ -55,12 +55,14 @@ fn every_node_interface_carries_exactly_its_program_and_reinstall_changes_nothin
     install(&lab).expect("second install is a no-op");
     for node in &lab.nodes {
         let view = inspect(node).expect("inspect");
-        assert_eq!(view.attachments.len(), 1 + 2 * node.pods.len());
+        assert_eq!(view.attachments.len(), 3 + 2 * node.pods.len());
         for a in &view.attachments {
             let want = match Hook::from_name(&a.hook) {
                 Some(Hook::FromContainer) => "from_container",
                 Some(Hook::ToContainer) => "to_container",
                 Some(Hook::Xdp) => "xdp_entry",
+                Some(Hook::FromNetdev) => "from_netdev",
+                Some(Hook::ToNetdev) => "to_netdev",
                 other => panic!("unexpected hook {other:?}"),
             };
             assert_eq!(

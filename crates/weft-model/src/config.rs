@@ -9,9 +9,33 @@ use crate::Ipv4Cidr;
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ClusterConfig {
     pub ipam: IpamConfig,
+    pub bpf: BpfConfig,
     /// ClusterIP range (K3s default).
     #[serde(rename = "serviceCIDR")]
     pub service_cidr: Ipv4Cidr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BpfConfig {
+    /// Masquerade pod traffic leaving the cluster with BPF SNAT (`bpf.masquerade`).
+    pub masquerade: bool,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig { masquerade: true }
+    }
+}
+
+impl ClusterConfig {
+    /// Reads a Helm-style `values.yaml`; an empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<ClusterConfig, serde_norway::Error> {
+        if text.trim().is_empty() {
+            return Ok(ClusterConfig::default());
+        }
+        serde_norway::from_str(text)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -41,6 +65,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             ipam: IpamConfig::default(),
+            bpf: BpfConfig::default(),
             service_cidr: Ipv4Cidr::new([10, 43, 0, 0].into(), 16).expect("valid constant"),
         }
     }
@@ -93,6 +118,19 @@ mod tests {
             c.ipam.operator.cluster_pool_ipv4_pod_cidr_list[0].to_string(),
             "10.80.0.0/14"
         );
+    }
+
+    #[test]
+    fn values_yaml_is_read_and_masquerade_defaults_on() {
+        assert!(ClusterConfig::from_yaml("").unwrap().bpf.masquerade);
+        let c = ClusterConfig::from_yaml(
+            "bpf:\n  masquerade: false\nipam:\n  operator:\n    clusterPoolIPv4MaskSize: 25\n",
+        )
+        .unwrap();
+        assert!(!c.bpf.masquerade);
+        assert_eq!(c.ipam.operator.cluster_pool_ipv4_mask_size, 25);
+        let err = ClusterConfig::from_yaml("bpf: {masquerad: true}\n").unwrap_err();
+        assert!(err.to_string().contains("masquerad"), "{err}");
     }
 
     #[test]

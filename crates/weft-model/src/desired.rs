@@ -32,20 +32,20 @@ impl AttachmentChanges {
     }
 }
 
-/// The node's external device carries `xdp_entry`; every endpoint's host-side veth carries
+/// The node's external device carries `xdp_entry`, `from_netdev` and `to_netdev`; every endpoint's host-side veth carries
 /// `from_container` on ingress and `to_container` on egress.
 pub fn desired_attachments(external_device: &str, endpoints: &[Endpoint]) -> BTreeSet<Attachment> {
-    let external = Attachment {
+    let external = [Hook::Xdp, Hook::FromNetdev, Hook::ToNetdev].map(|hook| Attachment {
         ifname: external_device.to_string(),
-        hook: Hook::Xdp,
-    };
+        hook,
+    });
     let veths = endpoints.iter().flat_map(|ep| {
         [Hook::FromContainer, Hook::ToContainer].map(|hook| Attachment {
             ifname: ep.host_ifname.clone(),
             hook,
         })
     });
-    std::iter::once(external).chain(veths).collect()
+    external.into_iter().chain(veths).collect()
 }
 
 pub fn attachment_changes(
@@ -77,11 +77,13 @@ mod tests {
     }
 
     #[test]
-    fn each_endpoint_gets_both_veth_programs() {
+    fn each_endpoint_gets_both_veth_programs_and_the_device_all_three() {
         let d = desired_attachments("eth0", &[ep("a"), ep("b")]);
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![
+                att("eth0", Hook::FromNetdev),
+                att("eth0", Hook::ToNetdev),
                 att("eth0", Hook::Xdp),
                 att("lxca", Hook::FromContainer),
                 att("lxca", Hook::ToContainer),

@@ -5,7 +5,12 @@
 pub mod cidr;
 pub mod config;
 pub mod desired;
+pub mod identity;
 pub mod ipam;
+pub mod ipcache;
+pub mod k8s;
+pub mod store;
 
 pub use cidr::{CidrError, Ipv4Cidr};
 pub use config::ClusterConfig;
+pub use store::{Store, StoreError};

@@ -1,0 +1,90 @@
+//! `weft-agent`: the node agent. Started inside the node's network namespace.
+
+use std::{fs, net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser;
+use weft_agent::{
+    agent::{Agent, Settings},
+    log,
+    net::SystemNet,
+    server::{ApiSocket, run, stop_on_signals},
+    source::{ManifestsSource, Source},
+};
+use weft_datapath::NodeDatapath;
+use weft_model::{ClusterConfig, Store};
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-agent", about = "Weft node agent")]
+struct Args {
+    /// This node's name.
+    #[arg(long)]
+    node: String,
+    /// Directory of cluster manifests (shared by the agents of the cluster).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Directory for this node's saved pod allocations.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// bpffs directory of this node's pinned maps and links.
+    #[arg(long)]
+    pin_dir: PathBuf,
+    /// The local API socket.
+    #[arg(long, default_value = weft_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[arg(long, default_value = "eth0")]
+    external_device: String,
+    /// Helm-style values (Cilium keys).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Defaults to the external device's first IPv4 address.
+    #[arg(long)]
+    underlay_ip: Option<Ipv4Addr>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<ClusterConfig> {
+    let Some(path) = path else {
+        return Ok(ClusterConfig::default());
+    };
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ClusterConfig::from_yaml(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn main_inner(args: Args) -> anyhow::Result<()> {
+    let stop = stop_on_signals()?;
+    let cluster = load_config(args.config.as_ref())?;
+    fs::create_dir_all(&args.manifests)
+        .with_context(|| format!("creating {}", args.manifests.display()))?;
+    let mut source = ManifestsSource::new(args.manifests.clone());
+    let store = match source.poll() {
+        Ok(store) => store.unwrap_or_default(),
+        Err(e) => {
+            log!("starting with an empty cluster state: {e:#}");
+            Store::default()
+        }
+    };
+    let datapath = NodeDatapath::open(&args.pin_dir)
+        .with_context(|| format!("opening the datapath in {}", args.pin_dir.display()))?;
+    let settings = Settings {
+        node: args.node,
+        manifests_dir: args.manifests,
+        state_dir: args.state_dir,
+        external_device: args.external_device,
+        underlay_ip: args.underlay_ip,
+        cluster,
+    };
+    let mut agent = Agent::start(settings, datapath, Box::new(SystemNet), store)?;
+    let socket = ApiSocket::bind(&args.socket)?;
+    run(&mut agent, &mut source, &socket, stop);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match main_inner(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! L1: the agent against `FakeDatapath`, fake interfaces and temp directories. No root.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use weft_api::{ApiFailure, Attachment, PodRef, Request, Response};
+use weft_common::{
+    EndpointInfo, EndpointKey, Hook, IpcacheEntry,
+    ipcache::identity::{HOST, REMOTE_NODE, UNMANAGED},
+};
+use weft_datapath::FakeDatapath;
+use weft_model::{ClusterConfig, Ipv4Cidr, Store, desired, identity::pod_identity};
+
+use crate::{
+    agent::{Agent, Settings, codes},
+    files::testing::TempDir,
+    net::NetInfo,
+    server::{ApiSocket, run},
+    source::{ManifestsSource, Source},
+};
+
+/// Interfaces by name: (ifindex, MAC, MTU, IPv4).
+#[derive(Clone, Default)]
+struct FakeNet(BTreeMap<String, (u32, [u8; 6], u32, Option<Ipv4Addr>)>);
+
+impl FakeNet {
+    fn get(&self, ifname: &str) -> anyhow::Result<(u32, [u8; 6], u32, Option<Ipv4Addr>)> {
+        self.0
+            .get(ifname)
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))
+    }
+}
+
+impl NetInfo for FakeNet {
+    fn ifindex(&self, ifname: &str) -> anyhow::Result<u32> {
+        Ok(self.get(ifname)?.0)
+    }
+    fn mac(&self, ifname: &str) -> anyhow::Result<[u8; 6]> {
+        Ok(self.get(ifname)?.1)
+    }
+    fn mtu(&self, ifname: &str) -> anyhow::Result<u32> {
+        Ok(self.get(ifname)?.2)
+    }
+    fn ipv4(&self, ifname: &str) -> anyhow::Result<Option<Ipv4Addr>> {
+        Ok(self.get(ifname)?.3)
+    }
+}
+
+fn fake_net() -> FakeNet {
+    let mut net = FakeNet::default();
+    net.0.insert(
+        "eth0".into(),
+        (
+            2,
+            [2, 0, 0, 0, 0, 2],
+            1500,
+            Some(Ipv4Addr::new(198, 51, 100, 1)),
+        ),
+    );
+    for i in 1..=3u8 {
+        net.0.insert(
+            format!("lxc{i}"),
+            (10 + u32::from(i), [2, 0, 0, 0, 0xbb, i], 1500, None),
+        );
+    }
+    net
+}
+
+fn fake_datapath() -> FakeDatapath {
+    FakeDatapath::with_interfaces(["eth0", "lxc1", "lxc2", "lxc3"])
+}
+
+struct Dirs {
+    manifests: TempDir,
+    state: TempDir,
+}
+
+fn dirs() -> Dirs {
+    Dirs {
+        manifests: TempDir::new("manifests"),
+        state: TempDir::new("state"),
+    }
+}
+
+fn settings(dirs: &Dirs, node: &str) -> Settings {
+    Settings {
+        node: node.into(),
+        manifests_dir: dirs.manifests.0.clone(),
+        state_dir: dirs.state.0.clone(),
+        external_device: "eth0".into(),
+        underlay_ip: None,
+        cluster: ClusterConfig::default(),
+    }
+}
+
+fn start(dirs: &Dirs, datapath: FakeDatapath) -> Agent<FakeDatapath> {
+    Agent::start(
+        settings(dirs, "vps1"),
+        datapath,
+        Box::new(fake_net()),
+        Store::default(),
+    )
+    .unwrap()
+}
+
+fn att(id: &str) -> Attachment {
+    Attachment {
+        container_id: id.into(),
+        ifname: "eth0".into(),
+    }
+}
+
+fn pod(name: &str) -> Option<PodRef> {
+    Some(PodRef {
+        namespace: "web".into(),
+        name: name.into(),
+    })
+}
+
+fn allocate(agent: &mut Agent<FakeDatapath>, id: &str) -> Ipv4Addr {
+    match agent.handle(Request::Allocate {
+        attachment: att(id),
+        pod: pod(id),
+    }) {
+        Response::Allocated(a) => a.address,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn register(agent: &mut Agent<FakeDatapath>, id: &str, host_ifname: &str) -> Response {
+    let address = allocate(agent, id);
+    agent.handle(Request::Register {
+        attachment: att(id),
+        host_ifname: host_ifname.into(),
+        mac: "02:00:00:00:aa:01".into(),
+        address,
+    })
+}
+
+fn veth_hooks(ifname: &str) -> [desired::Attachment; 2] {
+    [Hook::FromContainer, Hook::ToContainer].map(|hook| desired::Attachment {
+        ifname: ifname.into(),
+        hook,
+    })
+}
+
+fn error_code(response: Response) -> u32 {
+    match response {
+        Response::Error(ApiFailure { code, .. }) => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn cidr(s: &str) -> Ipv4Cidr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn start_programs_the_node_and_publishes_its_weftnode() {
+    let dirs = dirs();
+    let agent = start(&dirs, fake_datapath());
+    assert!(agent.is_ready());
+    let node = agent.datapath().node;
+    assert_eq!(Ipv4Addr::from(node.ipv4), Ipv4Addr::new(198, 51, 100, 1));
+    assert_eq!(node.external_ifindex, 2);
+    assert_eq!(node.vni, weft_common::geneve::GENEVE_VNI);
+    assert_eq!((node.snat_port_min, node.snat_port_max), (32768, 65535));
+    assert!(node.masquerade());
+    let status = agent.status();
+    assert_eq!(status.pod_cidr, "10.42.0.0/24");
+    assert_eq!(status.gateway, Ipv4Addr::new(10, 42, 0, 1));
+    assert_eq!(status.mtu, 1500 - 58);
+    assert_eq!(
+        status.attached,
+        ["from-netdev@eth0", "to-netdev@eth0", "xdp@eth0"]
+    );
+    let weftnode = fs::read_to_string(dirs.manifests.0.join("weftnode-vps1.yaml")).unwrap();
+    let store = Store::from_manifests([("weftnode-vps1.yaml", weftnode.as_str())]).unwrap();
+    assert_eq!(store.weft_nodes["vps1"].spec.pod_cidr, cidr("10.42.0.0/24"));
+}
+
+#[test]
+fn an_agent_whose_device_cannot_be_attached_asks_the_plugin_to_retry() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, FakeDatapath::with_interfaces(["lxc1"]));
+    assert!(!agent.is_ready());
+    assert!(!agent.status().ready);
+    let code = error_code(agent.handle(Request::Allocate {
+        attachment: att("c1"),
+        pod: None,
+    }));
+    assert_eq!(code, codes::TRY_AGAIN_LATER);
+    // Level-triggered: once the device exists the next pass makes the agent ready.
+    agent.datapath_mut().interfaces.insert("eth0".into());
+    agent.reconcile();
+    assert!(agent.is_ready());
+}
+
+#[test]
+fn allocate_register_release_program_and_clear_the_datapath() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    let Response::Allocated(allocation) = agent.handle(Request::Allocate {
+        attachment: att("c1"),
+        pod: pod("web-1"),
+    }) else {
+        panic!()
+    };
+    assert_eq!(allocation.address, Ipv4Addr::new(10, 42, 0, 10));
+    assert_eq!(
+        (allocation.prefix_len, allocation.gateway, allocation.mtu),
+        (24, Ipv4Addr::new(10, 42, 0, 1), 1442)
+    );
+    let again = agent.handle(Request::Allocate {
+        attachment: att("c1"),
+        pod: pod("web-1"),
+    });
+    assert_eq!(again, Response::Allocated(allocation.clone()));
+
+    let Response::Registered(record) = agent.handle(Request::Register {
+        attachment: att("c1"),
+        host_ifname: "lxc1".into(),
+        mac: "02:00:00:00:AA:01".into(),
+        address: allocation.address,
+    }) else {
+        panic!()
+    };
+    let identity = pod_identity("web", &BTreeMap::new());
+    assert_eq!(record.identity, identity);
+    assert_eq!(record.mac.as_deref(), Some("02:00:00:00:aa:01"));
+    let key = EndpointKey {
+        addr: [10, 42, 0, 10],
+    };
+    let entry = agent.datapath().endpoints[&key];
+    assert_eq!(
+        entry,
+        EndpointInfo {
+            ifindex: 11,
+            identity,
+            mac: [2, 0, 0, 0, 0xaa, 1],
+            host_mac: [2, 0, 0, 0, 0xbb, 1],
+            _pad: 0
+        }
+    );
+    for a in veth_hooks("lxc1") {
+        assert!(agent.datapath().attached.contains(&a), "{a:?}");
+    }
+    let file = dirs.manifests.0.join("weftendpoint-vps1-c1.yaml");
+    let text = fs::read_to_string(&file).unwrap();
+    let store = Store::from_manifests([("e.yaml", text.as_str())]).unwrap();
+    let ep = &store.weft_endpoints[&("web".to_string(), "vps1-c1".to_string())];
+    assert_eq!(
+        (ep.spec.ipv4, ep.spec.identity, ep.spec.pod_name.as_str()),
+        (allocation.address, identity, "web-1")
+    );
+    assert!(matches!(
+        agent.handle(Request::Get {
+            attachment: att("c1")
+        }),
+        Response::Endpoint(r) if r.host_ifname.as_deref() == Some("lxc1")
+    ));
+
+    // The veth is gone already (the runtime deleted the netns): release still succeeds.
+    agent.datapath_mut().interfaces.remove("lxc1");
+    assert_eq!(
+        agent.handle(Request::Release {
+            attachment: att("c1")
+        }),
+        Response::Released { released: true }
+    );
+    assert!(agent.datapath().endpoints.is_empty());
+    for a in veth_hooks("lxc1") {
+        assert!(!agent.datapath().attached.contains(&a));
+    }
+    assert!(!file.exists());
+    assert_eq!(
+        agent.handle(Request::Release {
+            attachment: att("c1")
+        }),
+        Response::Released { released: false }
+    );
+    assert_eq!(
+        error_code(agent.handle(Request::Get {
+            attachment: att("c1")
+        })),
+        codes::UNKNOWN_CONTAINER
+    );
+    assert_eq!(allocate(&mut agent, "c2"), Ipv4Addr::new(10, 42, 0, 10));
+}
+
+#[test]
+fn bad_registrations_are_refused_and_leave_nothing_behind() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    let before = agent.datapath().log.len();
+    let unknown = agent.handle(Request::Register {
+        attachment: att("nope"),
+        host_ifname: "lxc1".into(),
+        mac: "02:00:00:00:aa:01".into(),
+        address: Ipv4Addr::new(10, 42, 0, 10),
+    });
+    assert_eq!(error_code(unknown), codes::UNKNOWN_CONTAINER);
+    let address = allocate(&mut agent, "c1");
+    let bad_mac = agent.handle(Request::Register {
+        attachment: att("c1"),
+        host_ifname: "lxc1".into(),
+        mac: "02:00".into(),
+        address,
+    });
+    assert_eq!(error_code(bad_mac), codes::INVALID_REQUEST);
+    let no_such_if = agent.handle(Request::Register {
+        attachment: att("c1"),
+        host_ifname: "lxc9".into(),
+        mac: "02:00:00:00:aa:01".into(),
+        address,
+    });
+    assert_eq!(error_code(no_such_if), codes::INVALID_REQUEST);
+    // The interface resolves but the datapath refuses it: everything is rolled back.
+    agent.datapath_mut().interfaces.remove("lxc2");
+    let refused = agent.handle(Request::Register {
+        attachment: att("c1"),
+        host_ifname: "lxc2".into(),
+        mac: "02:00:00:00:aa:01".into(),
+        address,
+    });
+    assert_eq!(error_code(refused), codes::AGENT_FAILURE);
+    assert!(agent.datapath().endpoints.is_empty());
+    assert_eq!(agent.datapath().attached.len(), 3, "only eth0's programs");
+    assert!(!dirs.manifests.0.join("weftendpoint-vps1-c1.yaml").exists());
+    assert!(agent.datapath().log.len() > before);
+    assert_eq!(agent.status().endpoints, 0);
+}
+
+#[test]
+fn a_restarted_agent_keeps_every_address_and_reprograms_its_endpoints() {
+    let dirs = dirs();
+    let (a1, a2) = {
+        let mut agent = start(&dirs, fake_datapath());
+        assert!(matches!(
+            register(&mut agent, "c1", "lxc1"),
+            Response::Registered(_)
+        ));
+        (allocate(&mut agent, "c1"), allocate(&mut agent, "c2"))
+    };
+    // A new process with a datapath that lost its state (worst case): the agent rebuilds it.
+    let mut agent = start(&dirs, fake_datapath());
+    assert_eq!(agent.node_cidr(), cidr("10.42.0.0/24"));
+    assert_eq!(allocate(&mut agent, "c1"), a1);
+    assert_eq!(allocate(&mut agent, "c2"), a2);
+    assert_eq!(allocate(&mut agent, "c3"), Ipv4Addr::new(10, 42, 0, 12));
+    assert!(
+        agent
+            .datapath()
+            .endpoints
+            .contains_key(&EndpointKey { addr: a1.octets() })
+    );
+    for a in veth_hooks("lxc1") {
+        assert!(agent.datapath().attached.contains(&a));
+    }
+    assert_eq!(agent.status().endpoints, 1);
+}
+
+#[test]
+fn two_agents_on_one_manifests_dir_claim_distinct_cidrs() {
+    let shared = TempDir::new("shared");
+    let results: Vec<Ipv4Cidr> = thread::scope(|s| {
+        let handles: Vec<_> = ["vps1", "vps2"]
+            .into_iter()
+            .map(|node| {
+                let manifests = shared.0.clone();
+                s.spawn(move || {
+                    let state = TempDir::new(node);
+                    let settings = Settings {
+                        node: node.into(),
+                        manifests_dir: manifests,
+                        state_dir: state.0.clone(),
+                        external_device: "eth0".into(),
+                        underlay_ip: None,
+                        cluster: ClusterConfig::default(),
+                    };
+                    Agent::start(
+                        settings,
+                        fake_datapath(),
+                        Box::new(fake_net()),
+                        Store::default(),
+                    )
+                    .unwrap()
+                    .node_cidr()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_ne!(results[0], results[1]);
+    let mut source = ManifestsSource::new(shared.0.clone());
+    let store = source.poll().unwrap().unwrap();
+    assert_eq!(store.weft_nodes.len(), 2);
+}
+
+const VPS2: &str = "apiVersion: weft.io/v1alpha1\nkind: WeftNode\nmetadata: {name: vps2}\nspec: {podCIDR: 10.42.5.0/24, underlayIP: 198.51.100.2}\n";
+const VPS2_POD: &str = "apiVersion: weft.io/v1alpha1\nkind: WeftEndpoint\nmetadata: {name: vps2-x, namespace: web}\nspec: {node: vps2, podName: x, containerID: x, interface: eth0, ipv4: 10.42.5.10, identity: 5000}\n";
+
+fn entry(identity: u32, tunnel: [u8; 4]) -> IpcacheEntry {
+    IpcacheEntry {
+        identity,
+        tunnel_endpoint: tunnel,
+    }
+}
+
+#[test]
+fn the_ipcache_follows_the_manifests_with_minimal_changes() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    assert!(matches!(
+        register(&mut agent, "c1", "lxc1"),
+        Response::Registered(_)
+    ));
+    fs::write(dirs.manifests.0.join("vps2.yaml"), VPS2).unwrap();
+    fs::write(dirs.manifests.0.join("vps2-x.yaml"), VPS2_POD).unwrap();
+    let mut source = ManifestsSource::new(dirs.manifests.0.clone());
+    let report = agent.update_store(source.poll().unwrap().unwrap());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let local_identity = pod_identity("web", &BTreeMap::new());
+    let want = BTreeMap::from([
+        (cidr("198.51.100.1/32"), entry(HOST, [0; 4])),
+        (cidr("198.51.100.2/32"), entry(REMOTE_NODE, [0; 4])),
+        (cidr("10.42.5.0/24"), entry(UNMANAGED, [198, 51, 100, 2])),
+        (cidr("10.42.5.10/32"), entry(5000, [198, 51, 100, 2])),
+        (cidr("10.42.0.10/32"), entry(local_identity, [0; 4])),
+    ]);
+    assert_eq!(agent.datapath().ipcache, want);
+    assert_eq!(report.ipcache_puts, 5);
+
+    let log_len = agent.datapath().log.len();
+    let again = agent.reconcile();
+    assert!(!again.changed(), "{again:?}");
+    assert_eq!(agent.datapath().log.len(), log_len, "nothing rewritten");
+
+    fs::remove_file(dirs.manifests.0.join("vps2-x.yaml")).unwrap();
+    let report = agent.update_store(source.poll().unwrap().unwrap());
+    assert_eq!((report.ipcache_puts, report.ipcache_deletes), (0, 1));
+    assert!(
+        !agent
+            .datapath()
+            .ipcache
+            .contains_key(&cidr("10.42.5.10/32"))
+    );
+}
+
+#[test]
+fn labels_of_the_pod_decide_the_identity_and_its_changes_reach_map_and_manifest() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    assert!(matches!(
+        register(&mut agent, "c1", "lxc1"),
+        Response::Registered(_)
+    ));
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: c1, namespace: web, labels: {app: api}}\nspec: {nodeName: vps1}\n";
+    fs::write(dirs.manifests.0.join("pod.yaml"), pod).unwrap();
+    let mut source = ManifestsSource::new(dirs.manifests.0.clone());
+    agent.update_store(source.poll().unwrap().unwrap());
+    let labels = BTreeMap::from([("app".to_string(), "api".to_string())]);
+    let identity = pod_identity("web", &labels);
+    let key = EndpointKey {
+        addr: [10, 42, 0, 10],
+    };
+    assert_eq!(agent.datapath().endpoints[&key].identity, identity);
+    let text = fs::read_to_string(dirs.manifests.0.join("weftendpoint-vps1-c1.yaml")).unwrap();
+    assert!(text.contains(&format!("identity: {identity}")), "{text}");
+}
+
+#[test]
+fn reconcile_restores_missing_links_and_removes_foreign_endpoint_entries() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    assert!(matches!(
+        register(&mut agent, "c1", "lxc1"),
+        Response::Registered(_)
+    ));
+    let [from, _] = veth_hooks("lxc1");
+    agent.datapath_mut().attached.remove(&from);
+    let stray = EndpointKey {
+        addr: [10, 42, 0, 99],
+    };
+    agent
+        .datapath_mut()
+        .endpoints
+        .insert(stray, EndpointInfo::default());
+    let stray_link = veth_hooks("lxc3")[0].clone();
+    agent.datapath_mut().attached.insert(stray_link.clone());
+    let stray_file = dirs.manifests.0.join("weftendpoint-vps1-gone.yaml");
+    fs::write(&stray_file, VPS2_POD).unwrap();
+
+    let report = agent.reconcile();
+    assert_eq!(report.attached, ["from-container@lxc1"]);
+    assert_eq!(report.detached, ["from-container@lxc3"]);
+    assert_eq!(report.endpoint_deletes, 1);
+    assert!(!agent.datapath().endpoints.contains_key(&stray));
+    assert!(!agent.datapath().attached.contains(&stray_link));
+    assert!(!stray_file.exists());
+    fs::remove_file(dirs.manifests.0.join("weftnode-vps1.yaml")).unwrap();
+    agent.reconcile();
+    assert!(dirs.manifests.0.join("weftnode-vps1.yaml").exists());
+    assert!(dirs.manifests.0.join("weftendpoint-vps1-c1.yaml").exists());
+}
+
+#[test]
+fn gc_releases_everything_not_kept() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    register(&mut agent, "c1", "lxc1");
+    register(&mut agent, "c2", "lxc2");
+    allocate(&mut agent, "c3");
+    let Response::Collected { released } = agent.handle(Request::Gc {
+        keep: vec![att("c2")],
+    }) else {
+        panic!()
+    };
+    assert_eq!(released, [att("c1"), att("c3")]);
+    assert_eq!(agent.status().endpoints, 1);
+    assert_eq!(agent.datapath().endpoints.len(), 1);
+    assert!(!agent.datapath().attached.contains(&veth_hooks("lxc1")[0]));
+    assert!(agent.datapath().attached.contains(&veth_hooks("lxc2")[0]));
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn call(socket: &Path, request: Request) -> Response {
+    weft_api::call(socket, &request).unwrap()
+}
+
+#[test]
+fn the_loop_serves_the_socket_follows_the_source_and_survives_a_bad_manifest() {
+    let dirs = dirs();
+    let run_dir = TempDir::new("run");
+    let socket_path = run_dir.0.join("sub/agent.sock");
+    fs::create_dir_all(socket_path.parent().unwrap()).unwrap();
+    fs::write(&socket_path, "stale").unwrap();
+    let stop = AtomicBool::new(false);
+    let manifests = dirs.manifests.0.clone();
+    thread::scope(|s| {
+        let runner = s.spawn(|| {
+            let mut agent = start(&dirs, fake_datapath());
+            let mut source = ManifestsSource::new(manifests.clone());
+            let socket = ApiSocket::bind(&socket_path).unwrap();
+            run(&mut agent, &mut source, &socket, &stop);
+            drop(socket);
+            agent.datapath().ipcache.clone()
+        });
+        wait_for("the socket", || {
+            weft_api::call(&socket_path, &Request::Status).is_ok()
+        });
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(&socket_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let Response::Status(status) = call(&socket_path, Request::Status) else {
+            panic!()
+        };
+        assert!(status.ready);
+
+        fs::write(manifests.join("vps2.yaml"), VPS2).unwrap();
+        // Several polls (300 ms each) pass: vps2 is in the store and the ipcache.
+        thread::sleep(Duration::from_millis(1000));
+        fs::write(manifests.join("broken.yaml"), "kind: [").unwrap();
+        fs::remove_file(manifests.join("vps2.yaml")).unwrap();
+        thread::sleep(Duration::from_millis(800));
+        assert!(matches!(
+            call(
+                &socket_path,
+                Request::Allocate {
+                    attachment: att("c1"),
+                    pod: None
+                }
+            ),
+            Response::Allocated(_)
+        ));
+        stop.store(true, Ordering::Relaxed);
+        let ipcache = runner.join().unwrap();
+        assert!(
+            ipcache.contains_key(&cidr("10.42.5.0/24")),
+            "a malformed manifest changes nothing: vps2 stays routed, {ipcache:?}"
+        );
+    });
+    assert!(!socket_path.exists(), "the socket is removed on stop");
+}

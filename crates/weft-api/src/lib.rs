@@ -1,0 +1,253 @@
+//! The agent's local API, spoken over a unix socket by the CNI plugin and the CLI.
+//!
+//! Framing: the client connects, writes one JSON [`Request`] and a newline, and reads one JSON
+//! [`Response`] and a newline; then the connection is closed. One request per connection keeps
+//! the server free of session state.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node's agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/weft/agent.sock";
+
+/// How long a client waits for the agent before giving up.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pod interface as the container runtime names it (CNI's container ID and interface name).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The Kubernetes pod an attachment belongs to, when the runtime says (CNI_ARGS
+/// `K8S_POD_NAMESPACE` / `K8S_POD_NAME`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Agent health and a summary of the node.
+    Status,
+    /// Reserve an address for an attachment (CNI ADD, before the interface exists). Asking again
+    /// for the same attachment returns the same address.
+    Allocate {
+        attachment: Attachment,
+        pod: Option<PodRef>,
+    },
+    /// The interface exists and is configured: program the datapath for it (CNI ADD, last step).
+    Register {
+        attachment: Attachment,
+        /// Host-side veth, in the node's namespace.
+        host_ifname: String,
+        /// MAC of the pod-side interface.
+        mac: String,
+        address: Ipv4Addr,
+    },
+    /// Forget an attachment: datapath state, then the address. Succeeds when there is nothing
+    /// to forget (CNI DEL, and the rollback of a failed ADD).
+    Release { attachment: Attachment },
+    /// What the agent holds for an attachment (CNI CHECK).
+    Get { attachment: Attachment },
+    /// Release every attachment not in `keep` (CNI GC).
+    Gc { keep: Vec<Attachment> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Status(AgentStatus),
+    Allocated(Allocation),
+    Registered(EndpointRecord),
+    Released { released: bool },
+    Endpoint(EndpointRecord),
+    Collected { released: Vec<Attachment> },
+    Error(ApiFailure),
+}
+
+/// A refusal by the agent, with a CNI error code the plugin passes on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiFailure {
+    /// CNI error code (spec 1.1: 3 unknown container, 4 invalid env, 7 invalid config, 11 try
+    /// again later, 999 and up plugin-specific).
+    pub code: u32,
+    pub msg: String,
+    #[serde(default)]
+    pub details: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub pod_cidr: String,
+    pub gateway: Ipv4Addr,
+    pub node_ip: Ipv4Addr,
+    pub mtu: u32,
+    pub endpoints: usize,
+    /// Programs attached, as "hook@ifname".
+    pub attached: Vec<String>,
+    /// True once the agent has programmed the node (maps written, external device attached).
+    pub ready: bool,
+}
+
+/// What the pod's interface is to be configured with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub attachment: Attachment,
+    pub pod: Option<PodRef>,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    /// Set once registered.
+    pub host_ifname: Option<String>,
+    pub mac: Option<String>,
+    pub identity: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the Weft agent at {path}: {source}")]
+    Unreachable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the Weft agent at {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the Weft agent at {path} sent a reply that is not valid: {source}")]
+    BadReply {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Sends one request and waits for its response.
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unreachable {
+        path: path.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    let mut line = serde_json::to_string(request).map_err(|source| ClientError::BadReply {
+        path: path.clone(),
+        source,
+    })?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    serde_json::from_str(&reply).map_err(|source| ClientError::BadReply {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Serves one connection: reads a request, answers it with `handle`. A request that does not
+/// parse is answered with an error response (code 7, invalid configuration of the request).
+pub fn serve(stream: &UnixStream, handle: impl FnOnce(Request) -> Response) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => handle(request),
+        Err(e) => Response::Error(ApiFailure {
+            code: 7,
+            msg: "malformed request".into(),
+            details: e.to_string(),
+        }),
+    };
+    let mut out = serde_json::to_string(&response).map_err(std::io::Error::other)?;
+    out.push('\n');
+    let mut w = stream;
+    w.write_all(out.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::net::UnixListener, thread};
+
+    use super::*;
+
+    fn attachment() -> Attachment {
+        Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn a_request_round_trips_over_a_socket() {
+        let dir = std::env::temp_dir().join(format!("weft-api-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).unwrap();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            serve(&stream, |req| match req {
+                Request::Release { attachment } => Response::Released {
+                    released: attachment.container_id == "c1",
+                },
+                other => panic!("unexpected {other:?}"),
+            })
+            .unwrap();
+        });
+        let reply = call(
+            &sock,
+            &Request::Release {
+                attachment: attachment(),
+            },
+        )
+        .unwrap();
+        server.join().unwrap();
+        assert_eq!(reply, Response::Released { released: true });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wire_format_is_tagged_and_kebab_cased() {
+        let json = serde_json::to_value(Request::Gc {
+            keep: vec![attachment()],
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "gc", "keep": [{"container_id": "c1", "ifname": "eth0"}]})
+        );
+    }
+
+    #[test]
+    fn an_absent_agent_is_unreachable() {
+        let err = call(Path::new("/nonexistent/weft.sock"), &Request::Status).unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    }
+}

@@ -1,0 +1,80 @@
+//! The pod's host-side veth. What a pod sends is checked against the pod (anti-spoofing) and
+//! routed here: to a pod of this node by `bpf_redirect_peer`, to a pod of another node through
+//! the Geneve tunnel, everything else to the node's stack (which masquerades it on the way out,
+//! see `netdev`). Until the agent has configured the node, packets only get parsed and counted.
+
+use aya_ebpf::programs::TcContext;
+use weft_common::{
+    Hook, NodeConfig, Reason,
+    net::{ETH_P_ARP, ETH_P_IP, TC_ACT_OK},
+};
+
+use crate::{
+    arp, geneve, lookup, observe,
+    packet::Packet,
+    parse::{self, EthHdr, Headers},
+    skb,
+    verdict::{StageResult, Verdict, settle},
+};
+
+#[inline(always)]
+pub fn from_container(ctx: &TcContext) -> i32 {
+    let Some(h) = parse::scratch(Hook::FromContainer) else {
+        return TC_ACT_OK;
+    };
+    let verdict = match parse::headers(ctx, h) {
+        Ok(()) => settle(route(ctx, h)),
+        Err(reason) => Verdict::drop(reason),
+    };
+    observe::account(ctx, Hook::FromContainer, h, &verdict);
+    verdict.action
+}
+
+/// Traffic the node's stack delivers to the pod (from the node itself, or anything not
+/// redirected straight to the pod).
+#[inline(always)]
+pub fn to_container(ctx: &TcContext) -> i32 {
+    let Some(h) = parse::scratch(Hook::ToContainer) else {
+        return TC_ACT_OK;
+    };
+    let verdict = match parse::headers(ctx, h) {
+        Ok(()) => Verdict::pass(),
+        Err(reason) => Verdict::drop(reason),
+    };
+    observe::account(ctx, Hook::ToContainer, h, &verdict);
+    verdict.action
+}
+
+#[inline(always)]
+fn route(ctx: &TcContext, h: &Headers) -> StageResult {
+    let Some(node) = lookup::node() else {
+        return Ok(Verdict::pass());
+    };
+    let eth: EthHdr = Packet::load(ctx, 0).ok_or(Reason::MalformedEthernet)?;
+    match h.ethertype {
+        ETH_P_ARP => arp::from_pod(ctx, &eth),
+        ETH_P_IP => ipv4(ctx, h, &node, &eth),
+        // Pods are IPv4-only.
+        _ => Err(Reason::UnsupportedL3),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, h: &Headers, node: &NodeConfig, eth: &EthHdr) -> StageResult {
+    let src = lookup::endpoint(h.src_v4()).ok_or(Reason::InvalidSource)?;
+    if !arp::sent_by(&src, ctx, eth.src) {
+        return Err(Reason::InvalidSource);
+    }
+    let identity = src.identity;
+    if let Some(dst) = lookup::endpoint(h.dst_v4()) {
+        skb::decrement_ttl(ctx, h.ttl)?;
+        skb::set_macs(ctx, dst.mac, dst.host_mac)?;
+        return Ok(skb::redirect_peer(dst.ifindex).with_identity(identity));
+    }
+    if let Some(remote) = lookup::ipcache(h.dst_v4()).filter(|e| e.has_tunnel()) {
+        skb::decrement_ttl(ctx, h.ttl)?;
+        geneve::encap(ctx, node, remote.tunnel_endpoint, identity)?;
+        return Ok(skb::redirect_neigh(node.external_ifindex).with_identity(identity));
+    }
+    Ok(Verdict::pass().with_identity(identity))
+}

@@ -1,0 +1,187 @@
+//! Masquerade (BPF SNAT) of pod traffic leaving the cluster, and its reverse. A flow keeps its
+//! translation in `weft_snat4`: the egress entry by the pod's tuple, the ingress entry by the
+//! reply tuple. A new flow keeps its own source port when that is inside the SNAT range and
+//! free, else probes random ports; when every probe is taken the packet is dropped as
+//! `SnatNoPort`.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use weft_common::{
+    NatEntry4, NatKey4, NodeConfig, Reason,
+    nat::{NAT_DIR_EGRESS, NAT_DIR_INGRESS, SNAT_PORT_PROBES},
+    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{
+    maps::SNAT4,
+    parse::{Headers, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST},
+    skb::{self, IP_DST_OFF, IP_SRC_OFF},
+};
+
+/// The 16-bit L4 value a translation moves, and where it sits.
+#[derive(Clone, Copy)]
+struct Ports {
+    /// Source port (ICMP: the echo identifier).
+    src: u16,
+    /// Destination port (ICMP: 0).
+    dst: u16,
+}
+
+/// The ports of a packet NAT can translate; `None` for what it cannot (other protocols,
+/// ICMP other than echo, later fragments).
+#[inline(always)]
+fn ports(h: &Headers, icmp_type: u8) -> Option<Ports> {
+    if h.later_fragment {
+        return None;
+    }
+    match h.l4_proto {
+        IPPROTO_TCP | IPPROTO_UDP => Some(Ports {
+            src: h.src_port,
+            dst: h.dst_port,
+        }),
+        IPPROTO_ICMP if h.src_port == icmp_type as u16 => Some(Ports {
+            src: h.icmp_echo_id,
+            dst: 0,
+        }),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Translates a pod's packet to the world: source becomes the node address and a SNAT port.
+#[inline(always)]
+pub fn snat(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> Result<(), Reason> {
+    let p = ports(h, ICMP_ECHO_REQUEST).ok_or(Reason::NatUnsupportedProto)?;
+    let egress = NatKey4 {
+        saddr: h.src_v4(),
+        daddr: h.dst_v4(),
+        sport: p.src,
+        dport: p.dst,
+        proto: h.l4_proto,
+        direction: NAT_DIR_EGRESS,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    let port = match unsafe { SNAT4.get(egress) }.copied() {
+        Some(entry) => {
+            touch(&egress, entry);
+            entry.port
+        }
+        None => claim_port(&egress, node)?,
+    };
+    let l4_off = h.l4_off as usize;
+    skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_SRC_OFF, h.src_v4(), node.ipv4)?;
+    let field = if h.l4_proto == IPPROTO_ICMP { 4 } else { 0 };
+    skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off + field, p.src, port)
+}
+
+#[inline(always)]
+fn touch(key: &NatKey4, mut entry: NatEntry4) {
+    entry.last_seen_ns = now();
+    let _ = SNAT4.insert(key, entry, BPF_ANY as u64);
+}
+
+/// Finds a free port for a new flow and records both directions.
+#[inline(always)]
+fn claim_port(egress: &NatKey4, node: &NodeConfig) -> Result<u16, Reason> {
+    let (min, max) = (node.snat_port_min, node.snat_port_max);
+    if min == 0 || max < min {
+        return Err(Reason::SnatNoPort);
+    }
+    let span = (max - min) as u32 + 1;
+    let mut port = if egress.sport >= min && egress.sport <= max {
+        egress.sport
+    } else {
+        random_port(min, span)
+    };
+    let ts = now();
+    for _ in 0..SNAT_PORT_PROBES {
+        let ingress = NatKey4 {
+            saddr: egress.daddr,
+            daddr: node.ipv4,
+            sport: egress.dport,
+            dport: port,
+            proto: egress.proto,
+            direction: NAT_DIR_INGRESS,
+            _pad: [0; 2],
+        };
+        let back = NatEntry4 {
+            addr: egress.saddr,
+            port: egress.sport,
+            _pad: 0,
+            last_seen_ns: ts,
+        };
+        if SNAT4.insert(ingress, back, BPF_NOEXIST as u64).is_ok() {
+            let out = NatEntry4 {
+                addr: node.ipv4,
+                port,
+                _pad: 0,
+                last_seen_ns: ts,
+            };
+            SNAT4
+                .insert(egress, out, BPF_ANY as u64)
+                .map_err(|_| Reason::NatFailed)?;
+            return Ok(port);
+        }
+        port = random_port(min, span);
+    }
+    Err(Reason::SnatNoPort)
+}
+
+#[inline(always)]
+fn random_port(min: u16, span: u32) -> u16 {
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    min + (r % span) as u16
+}
+
+/// A reply from the world to a masqueraded flow: destination back to the pod's address and
+/// port. Returns the pod address, or `None` when the packet belongs to no translation (it is
+/// for the node itself).
+#[inline(always)]
+pub fn reverse_snat(
+    ctx: &TcContext,
+    h: &Headers,
+    node: &NodeConfig,
+) -> Result<Option<[u8; 4]>, Reason> {
+    if h.dst_v4() != node.ipv4 {
+        return Ok(None);
+    }
+    let Some(p) = ports(h, ICMP_ECHO_REPLY) else {
+        return Ok(None);
+    };
+    // For ICMP the reply's identifier is the translated one: it sits in the destination slot
+    // of the ingress key.
+    let (sport, dport) = if h.l4_proto == IPPROTO_ICMP {
+        (0, p.src)
+    } else {
+        (p.src, p.dst)
+    };
+    let ingress = NatKey4 {
+        saddr: h.src_v4(),
+        daddr: node.ipv4,
+        sport,
+        dport,
+        proto: h.l4_proto,
+        direction: NAT_DIR_INGRESS,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(entry) = unsafe { SNAT4.get(ingress) }.copied() else {
+        return Ok(None);
+    };
+    touch(&ingress, entry);
+    let l4_off = h.l4_off as usize;
+    skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_DST_OFF, node.ipv4, entry.addr)?;
+    let field = if h.l4_proto == IPPROTO_ICMP { 4 } else { 2 };
+    skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off + field, dport, entry.port)?;
+    Ok(Some(entry.addr))
+}

@@ -1,0 +1,137 @@
+//! Writing to a tc packet: stores, checksum fix-ups, redirects. Every failure maps to the drop
+//! reason the caller names.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use weft_common::{
+    Reason,
+    net::{ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{parse::EthHdr, verdict::Verdict};
+
+pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
+pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
+pub const IP_DST_OFF: usize = ETH_HLEN + 16;
+
+#[inline(always)]
+pub fn store<T>(ctx: &TcContext, off: usize, v: &T, fail: Reason) -> Result<(), Reason> {
+    ctx.store(off, v, 0).map_err(|_| fail)
+}
+
+/// Rewrites the Ethernet addresses for delivery to a pod.
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Reason> {
+    let eth = EthHdr {
+        dst,
+        src,
+        proto: weft_common::net::ETH_P_IP.to_be_bytes(),
+    };
+    store(ctx, 0, &eth, Reason::NatFailed)
+}
+
+/// Decrements the IPv4 TTL as a router does; a packet that would leave with TTL 0 is dropped.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, ttl: u8) -> Result<(), Reason> {
+    if ttl <= 1 {
+        return Err(Reason::TtlExceeded);
+    }
+    // TTL shares a 16-bit checksum word with the protocol byte.
+    let proto: u8 = ctx
+        .load(IP_TTL_OFF + 1)
+        .map_err(|_| Reason::MalformedIpv4)?;
+    let old = u16::from_be_bytes([ttl, proto]);
+    let new = u16::from_be_bytes([ttl - 1, proto]);
+    ctx.l3_csum_replace(IP_CSUM_OFF, word16(old), word16(new), 2)
+        .map_err(|_| Reason::NatFailed)?;
+    store(ctx, IP_TTL_OFF, &(ttl - 1), Reason::NatFailed)
+}
+
+/// A 16-bit value as the checksum helpers take it: in network order in memory.
+#[inline(always)]
+pub fn word16(host_order: u16) -> u64 {
+    u16::from_ne_bytes(host_order.to_be_bytes()) as u64
+}
+
+#[inline(always)]
+pub fn word32(addr: [u8; 4]) -> u64 {
+    u32::from_ne_bytes(addr) as u64
+}
+
+/// Offset of the L4 checksum, and the flags that keep a zero UDP checksum meaning "none".
+#[inline(always)]
+fn l4_csum(proto: u8, l4_off: usize) -> Option<(usize, u64)> {
+    match proto {
+        IPPROTO_TCP => Some((l4_off + 16, 0)),
+        IPPROTO_UDP => Some((l4_off + 6, BPF_F_MARK_MANGLED_0 as u64)),
+        IPPROTO_ICMP => Some((l4_off + 2, 0)),
+        _ => None,
+    }
+}
+
+/// Replaces the IPv4 address at `addr_off` (source or destination), fixing the IP checksum and
+/// the L4 checksum's pseudo-header (ICMP has none).
+#[inline(always)]
+pub fn rewrite_addr(
+    ctx: &TcContext,
+    proto: u8,
+    l4_off: usize,
+    addr_off: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+) -> Result<(), Reason> {
+    let (csum_off, flags) = l4_csum(proto, l4_off).ok_or(Reason::NatUnsupportedProto)?;
+    if proto != IPPROTO_ICMP {
+        ctx.l4_csum_replace(
+            csum_off,
+            word32(old),
+            word32(new),
+            flags | BPF_F_PSEUDO_HDR as u64 | 4,
+        )
+        .map_err(|_| Reason::NatFailed)?;
+    }
+    ctx.l3_csum_replace(IP_CSUM_OFF, word32(old), word32(new), 4)
+        .map_err(|_| Reason::NatFailed)?;
+    store(ctx, addr_off, &new, Reason::NatFailed)
+}
+
+/// Replaces a 16-bit L4 field (a port, or the ICMP echo identifier) at `field_off`.
+#[inline(always)]
+pub fn rewrite_port(
+    ctx: &TcContext,
+    proto: u8,
+    l4_off: usize,
+    field_off: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), Reason> {
+    let (csum_off, flags) = l4_csum(proto, l4_off).ok_or(Reason::NatUnsupportedProto)?;
+    ctx.l4_csum_replace(csum_off, word16(old), word16(new), flags | 2)
+        .map_err(|_| Reason::NatFailed)?;
+    store(ctx, field_off, &new.to_be_bytes(), Reason::NatFailed)
+}
+
+/// Into the pod behind the host-side veth `ifindex`, skipping the host stack.
+#[inline(always)]
+pub fn redirect_peer(ifindex: u32) -> Verdict {
+    // SAFETY: helper without memory arguments.
+    Verdict::redirected(unsafe { bpf_redirect_peer(ifindex, 0) })
+}
+
+/// Out of `ifindex`, with the L2 header filled from the neighbour table.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32) -> Verdict {
+    // SAFETY: a null parameter block asks the kernel to look up the next hop itself.
+    Verdict::redirected(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
+}
+
+/// Out of `ifindex` (egress), as is.
+#[inline(always)]
+pub fn redirect_egress(ifindex: u32) -> Verdict {
+    // SAFETY: helper without memory arguments.
+    Verdict::redirected(unsafe { bpf_redirect(ifindex, 0) })
+}

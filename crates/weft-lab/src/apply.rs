@@ -1,0 +1,328 @@
+//! `weft lab apply -f` and `weft lab delete -f`: Kubernetes objects into and out of the lab's
+//! manifests directory, as kubectl puts them into a cluster, and the lab acting as kubelet for
+//! the Pods among them. Every file is parsed before anything changes: one bad document refuses
+//! the whole request and leaves the lab as it was.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use weft_model::{
+    k8s::{Object, parse_manifest},
+    store::Store,
+};
+
+use crate::{
+    host,
+    runtime::{self, Binaries, PodRecord, PodRequest},
+    topology::Topology,
+};
+
+/// One object of a request: its file name in the manifests directory and its YAML text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Document {
+    /// The file it was read from, for errors.
+    origin: String,
+    file_name: String,
+    text: String,
+    object: Object,
+}
+
+/// What `apply` or `delete` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// "Pod default/web", ... in the order written or removed.
+    pub objects: Vec<String>,
+    pub started: Vec<PodRecord>,
+    pub stopped: Vec<PodRecord>,
+}
+
+/// The YAML files named by `paths`: files as given, directories' `*.yaml`/`*.yml` sorted.
+fn yaml_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else if path.is_file() {
+            out.push(path.clone());
+        } else {
+            bail!("{}: no such file or directory", path.display());
+        }
+    }
+    if out.is_empty() {
+        bail!("no manifests given");
+    }
+    Ok(out)
+}
+
+/// Splits a YAML stream into its documents' texts.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(String::new());
+            continue;
+        }
+        if let Some(doc) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|d| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+fn object_file_name(object: &Object) -> String {
+    let (namespace, name) = match object {
+        Object::Pod(p) => (p.metadata.namespace(), p.metadata.name.as_str()),
+        Object::Namespace(n) => ("", n.metadata.name.as_str()),
+        Object::Node(n) => ("", n.metadata.name.as_str()),
+        Object::WeftNode(n) => ("", n.metadata.name.as_str()),
+        Object::WeftEndpoint(e) => (e.metadata.namespace(), e.metadata.name.as_str()),
+    };
+    format!("{}_{namespace}_{name}.yaml", object.kind().to_lowercase())
+}
+
+fn describe(object: &Object) -> String {
+    let file = object_file_name(object);
+    let mut parts = file.trim_end_matches(".yaml").splitn(3, '_');
+    let _kind = parts.next();
+    let ns = parts.next().unwrap_or_default();
+    let name = parts.next().unwrap_or_default();
+    if ns.is_empty() {
+        format!("{} {name}", object.kind())
+    } else {
+        format!("{} {ns}/{name}", object.kind())
+    }
+}
+
+/// Parses every document of every file; the first error refuses them all.
+fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
+    let mut out = Vec::new();
+    for file in yaml_files(paths)? {
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let label = file.display().to_string();
+        for (i, doc) in split_documents(&text).into_iter().enumerate() {
+            let objects = parse_manifest(&format!("{label} (document {})", i + 1), &doc)?;
+            for object in objects {
+                if matches!(object, Object::WeftNode(_) | Object::WeftEndpoint(_)) {
+                    bail!(
+                        "{label}: {} objects are written by the agents, not applied",
+                        object.kind()
+                    );
+                }
+                out.push(Document {
+                    origin: label.clone(),
+                    file_name: object_file_name(&object),
+                    text: doc.clone(),
+                    object,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The manifests directory's files, by name.
+fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+            out.insert(name.to_string(), fs::read_to_string(&path)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks what the lab can run: containers with a command, a node that exists, names that fit
+/// a namespace name.
+fn validate_pod(t: &Topology, object: &Object) -> anyhow::Result<()> {
+    let Object::Pod(pod) = object else {
+        return Ok(());
+    };
+    let name = &pod.metadata.name;
+    let valid_name = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid_name {
+        bail!("pod name `{name}`: the lab needs 1 to 40 characters of a-z, 0-9 and -");
+    }
+    if pod.spec.containers.is_empty() {
+        bail!("pod {name} has no containers");
+    }
+    if let Some(c) = pod.spec.containers.iter().find(|c| c.command.is_empty()) {
+        bail!(
+            "container {} of pod {name} has no command (the lab runs commands on the host \
+             filesystem; there are no images)",
+            c.name
+        );
+    }
+    if let Some(node) = &pod.spec.node_name
+        && t.node(node).is_none()
+    {
+        bail!(
+            "pod {name} names node {node}, which lab {} does not have",
+            t.name
+        );
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Puts the objects of `paths` into the lab and starts the Pods among them.
+pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result<ApplyReport> {
+    let docs = read_documents(paths)?;
+    for doc in &docs {
+        validate_pod(t, &doc.object)
+            .with_context(|| format!("{} ({})", doc.origin, describe(&doc.object)))?;
+    }
+    let dir = runtime::manifests_dir(&t.name);
+    let mut files = current_files(&dir)?;
+    for doc in &docs {
+        files.insert(doc.file_name.clone(), doc.text.clone());
+    }
+    Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .context("the lab's objects with these applied would not load")?;
+    host::create_dir_all(&dir)?;
+    let mut report = ApplyReport::default();
+    for doc in &docs {
+        write_atomically(&dir.join(&doc.file_name), &doc.text)?;
+        report.objects.push(describe(&doc.object));
+    }
+    reconcile_pods(t, bins, &mut report)?;
+    Ok(report)
+}
+
+/// Removes the objects of `paths` from the lab, stopping the Pods among them.
+pub fn delete(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result<ApplyReport> {
+    let docs = read_documents(paths)?;
+    let dir = runtime::manifests_dir(&t.name);
+    let mut report = ApplyReport::default();
+    for doc in &docs {
+        match fs::remove_file(dir.join(&doc.file_name)) {
+            Ok(()) => report.objects.push(describe(&doc.object)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", doc.file_name)),
+        }
+    }
+    reconcile_pods(t, bins, &mut report)?;
+    Ok(report)
+}
+
+/// Brings the running pods to the Pods in the manifests: stops those whose Pod is gone, starts
+/// the missing ones (on their `nodeName`, else on the node running the fewest pods).
+pub fn reconcile_pods(
+    t: &Topology,
+    bins: &Binaries,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let files = current_files(&runtime::manifests_dir(&t.name))?;
+    let store = Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let running = runtime::running_pods(&t.name)?;
+    let mut errors = Vec::new();
+    for record in &running {
+        if store.pod(&record.namespace, &record.name).is_none() {
+            match runtime::stop_pod(t, bins, record) {
+                Ok(()) => report.stopped.push(record.clone()),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+    }
+    let mut load: BTreeMap<String, usize> = t.nodes.iter().map(|n| (n.name.clone(), 0)).collect();
+    for record in running.iter().filter(|r| !report.stopped.contains(r)) {
+        *load.entry(record.node.clone()).or_default() += 1;
+    }
+    for ((namespace, name), pod) in &store.pods {
+        if running
+            .iter()
+            .any(|r| &r.namespace == namespace && &r.name == name)
+        {
+            continue;
+        }
+        let node = match &pod.spec.node_name {
+            Some(node) => node.clone(),
+            None => least_loaded(&load).ok_or_else(|| anyhow!("lab {} has no nodes", t.name))?,
+        };
+        let request = PodRequest {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            node: node.clone(),
+            containers: pod
+                .spec
+                .containers
+                .iter()
+                .map(|c| c.command.iter().chain(&c.args).cloned().collect())
+                .collect(),
+        };
+        match runtime::run_pod(t, bins, &request) {
+            Ok(record) => {
+                *load.entry(node).or_default() += 1;
+                report.started.push(record);
+            }
+            Err(e) => errors.push(format!("pod {namespace}/{name}: {e:#}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("; "))
+    }
+}
+
+fn least_loaded(load: &BTreeMap<String, usize>) -> Option<String> {
+    load.iter()
+        .min_by_key(|(name, count)| (**count, name.len(), (*name).clone()))
+        .map(|(name, _)| name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_split_on_separator_lines_and_empty_ones_dropped() {
+        let text = "# c\n---\napiVersion: v1\nkind: Pod\n---\n\n--- \nkind: Namespace\n";
+        let docs = split_documents(text);
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert!(docs[0].contains("kind: Pod"));
+        assert!(docs[1].contains("kind: Namespace"));
+    }
+
+    #[test]
+    fn the_least_loaded_node_wins_and_ties_go_to_the_first() {
+        let load: BTreeMap<String, usize> = [("vps1", 2), ("vps2", 1), ("vps3", 1)]
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect();
+        assert_eq!(least_loaded(&load).as_deref(), Some("vps2"));
+    }
+}

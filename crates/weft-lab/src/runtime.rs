@@ -1,0 +1,493 @@
+//! The lab as the nodes' runtime: one `weft-agent` per node inside the node's namespace and
+//! cgroup, and pods started the way a container runtime starts them — a network namespace, the
+//! CNI plugin called with CNI_* variables and the network configuration on stdin, then the
+//! containers' commands as processes in the pod's namespace and the node's cgroup (host
+//! filesystem, no images).
+//!
+//! What runs is recorded under `/run/weft/labs/<lab>/`: each node's agent socket, state and log,
+//! the manifests directory the agents watch, and one record per running pod.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use nix::{
+    errno::Errno,
+    sched::{CloneFlags, setns},
+    sys::signal::{Signal, kill},
+    unistd::{Pid, setsid, write},
+};
+use serde::{Deserialize, Serialize};
+use weft_api::{AgentStatus, Request, Response};
+
+use crate::{
+    host, ip, netns,
+    topology::{NodeSpec, Topology},
+};
+
+/// How long a starting agent may take to report ready.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped process may take to exit before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The executables the lab runs: the node agent and the CNI plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    /// `WEFT_AGENT` / `WEFT_CNI` when set, else `weft-agent` / `weft-cni` next to the running
+    /// executable or in one of its parent directories (a test binary lives in `target/*/deps`).
+    pub fn locate() -> anyhow::Result<Binaries> {
+        Ok(Binaries {
+            agent: locate_binary("WEFT_AGENT", "weft-agent")?,
+            cni: locate_binary("WEFT_CNI", "weft-cni")?,
+        })
+    }
+}
+
+fn locate_binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "cannot find {name} next to {} (build it with `cargo build --workspace`, or set \
+                 {env})",
+                exe.display()
+            )
+        })
+}
+
+/// `/run/weft/labs/<lab>/`.
+pub fn lab_dir(lab: &str) -> PathBuf {
+    Path::new(host::STATE_DIR).join(lab)
+}
+
+/// The directory of Kubernetes objects every agent of the lab watches.
+pub fn manifests_dir(lab: &str) -> PathBuf {
+    lab_dir(lab).join("manifests")
+}
+
+/// A node's agent directory: socket, state, log.
+pub fn node_dir(lab: &str, node: &str) -> PathBuf {
+    lab_dir(lab).join(node)
+}
+
+pub fn agent_socket(lab: &str, node: &str) -> PathBuf {
+    node_dir(lab, node).join("agent.sock")
+}
+
+fn pods_dir(lab: &str) -> PathBuf {
+    lab_dir(lab).join("pods")
+}
+
+/// Opens `path` for a process's stdout and stderr (appending).
+fn log_file(path: &Path) -> anyhow::Result<(File, File)> {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening log {}", path.display()))?;
+    let err = out.try_clone().context("duplicating the log descriptor")?;
+    Ok((out, err))
+}
+
+/// A command that, once spawned, runs in network namespace `netns` and cgroup `cgroup`
+/// (relative to the cgroup2 root), in a session of its own so it outlives the CLI.
+pub fn detached_command(
+    netns_name: &str,
+    cgroup: &Path,
+    argv: &[String],
+) -> anyhow::Result<Command> {
+    let (program, args) = argv.split_first().context("no command given")?;
+    let ns = netns::open(netns_name)?;
+    let cgroup2 = host::find_cgroup2_root().context("no cgroup2 hierarchy is mounted")?;
+    let procs_path = cgroup2.join(cgroup).join("cgroup.procs");
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .with_context(|| format!("opening {}", procs_path.display()))?;
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    // SAFETY: the closure makes only system calls on descriptors opened before the fork (no
+    // allocation, no locks), which is what a pre_exec hook may do.
+    unsafe {
+        command.pre_exec(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            write(procs.as_fd(), b"0")?;
+            setsid()?;
+            Ok(())
+        });
+    }
+    Ok(command)
+}
+
+/// Starts the agent of `node` and waits until it reports ready.
+pub fn start_agent(
+    t: &Topology,
+    node: &NodeSpec,
+    bins: &Binaries,
+    config: Option<&Path>,
+) -> anyhow::Result<(u32, AgentStatus)> {
+    let dir = node_dir(&t.name, &node.name);
+    host::create_dir_all(&dir)?;
+    host::create_dir_all(&manifests_dir(&t.name))?;
+    let mut argv = vec![
+        bins.agent.display().to_string(),
+        "--node".into(),
+        node.name.clone(),
+        "--manifests".into(),
+        manifests_dir(&t.name).display().to_string(),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--pin-dir".into(),
+        node.pin_dir.display().to_string(),
+        "--socket".into(),
+        agent_socket(&t.name, &node.name).display().to_string(),
+        "--external-device".into(),
+        crate::datapath::EXTERNAL_DEVICE.into(),
+    ];
+    if let Some(config) = config {
+        argv.extend(["--config".into(), config.display().to_string()]);
+    }
+    let (out, err) = log_file(&dir.join("agent.log"))?;
+    let mut command = detached_command(&node.netns, &node.cgroup, &argv)?;
+    let child = command
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", node.name))?;
+    let pid = child.id();
+    fs::write(dir.join("agent.pid"), pid.to_string()).context("recording the agent's pid")?;
+    let status =
+        wait_ready(&agent_socket(&t.name, &node.name), AGENT_READY_TIMEOUT).with_context(|| {
+            format!(
+                "the agent of {} did not become ready (log: {})",
+                node.name,
+                dir.join("agent.log").display()
+            )
+        })?;
+    Ok((pid, status))
+}
+
+/// Polls the agent's Status until it says ready.
+pub fn wait_ready(socket: &Path, timeout: Duration) -> anyhow::Result<AgentStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match weft_api::call(socket, &Request::Status) {
+            Ok(Response::Status(status)) if status.ready => return Ok(status),
+            Ok(other) => last = format!("{other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!("not ready after {timeout:?}: {last}")
+}
+
+/// The pid of a node's agent as recorded at start.
+pub fn agent_pid(lab: &str, node: &str) -> Option<i32> {
+    fs::read_to_string(node_dir(lab, node).join("agent.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]. A process that is gone already is no error.
+pub fn stop_process(pid: i32) -> anyhow::Result<()> {
+    let pid = Pid::from_raw(pid);
+    match kill(pid, Signal::SIGTERM) {
+        Err(Errno::ESRCH) => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("signalling {pid}")),
+        Ok(()) => {}
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    match kill(pid, Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("killing {pid}")),
+    }
+}
+
+/// Whether `pid` still runs (a zombie of ours is reaped and counts as gone).
+fn alive(pid: Pid) -> bool {
+    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 3 is the state; a zombie that is not our child shows `Z`.
+    !stat.is_empty()
+        && stat
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// A pod as the lab runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub container_id: String,
+    pub address: Option<String>,
+    pub pids: Vec<i32>,
+}
+
+/// What the lab needs of a Pod object to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRequest {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    /// One argv per container (`command` followed by `args`).
+    pub containers: Vec<Vec<String>>,
+}
+
+impl PodRequest {
+    pub fn netns(&self, lab: &str) -> String {
+        format!("{lab}-{}-{}", self.node, self.name)
+    }
+
+    pub fn container_id(&self, lab: &str) -> String {
+        format!("{lab}-{}-{}", self.namespace, self.name)
+    }
+}
+
+fn record_path(lab: &str, namespace: &str, name: &str) -> PathBuf {
+    pods_dir(lab).join(format!("{namespace}_{name}.json"))
+}
+
+/// The pods the lab runs now.
+pub fn running_pods(lab: &str) -> anyhow::Result<Vec<PodRecord>> {
+    let dir = pods_dir(lab);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let json = fs::read_to_string(&path)?;
+            out.push(
+                serde_json::from_str(&json)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            );
+        }
+    }
+    out.sort_by(|a: &PodRecord, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+    Ok(out)
+}
+
+fn write_record(lab: &str, record: &PodRecord) -> anyhow::Result<()> {
+    host::create_dir_all(&pods_dir(lab))?;
+    let path = record_path(lab, &record.namespace, &record.name);
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(record)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// The network configuration the lab hands the plugin on stdin.
+pub fn cni_config(lab: &str, node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "weft",
+        "type": "weft-cni",
+        "agentSocket": agent_socket(lab, node).display().to_string(),
+    })
+}
+
+/// Calls the CNI plugin as a runtime does, from the node's namespace. Returns its stdout (the
+/// result JSON) or an error carrying the plugin's error JSON.
+pub fn call_cni(
+    t: &Topology,
+    node: &NodeSpec,
+    bins: &Binaries,
+    command: &str,
+    pod: &PodRequest,
+) -> anyhow::Result<serde_json::Value> {
+    let node_ns = netns::netns_path(&node.netns);
+    let pod_ns = netns::netns_path(&pod.netns(&t.name));
+    let cni_path = bins
+        .cni
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", node_ns.display()))
+        .arg(&bins.cni)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", pod.container_id(&t.name))
+        .env("CNI_NETNS", &pod_ns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.namespace, pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running the CNI plugin through nsenter")?;
+    let config = serde_json::to_vec(&cni_config(&t.name, &node.name))?;
+    child
+        .stdin
+        .take()
+        .context("the plugin's stdin")?
+        .write_all(&config)
+        .context("writing the network configuration to the plugin")?;
+    let out = child
+        .wait_with_output()
+        .context("waiting for the CNI plugin")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "CNI {command} of pod {}/{} failed ({}): {} {}",
+            pod.namespace,
+            pod.name,
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if stdout.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&stdout).with_context(|| format!("CNI {command} printed {stdout}"))
+}
+
+/// Starts a pod: namespace, CNI ADD, container processes. On failure nothing of it is left.
+pub fn run_pod(t: &Topology, bins: &Binaries, pod: &PodRequest) -> anyhow::Result<PodRecord> {
+    let node = t
+        .node(&pod.node)
+        .ok_or_else(|| anyhow!("lab {} has no node {}", t.name, pod.node))?;
+    let netns_name = pod.netns(&t.name);
+    ip::batch(None, &[format!("netns add {netns_name}")], false)
+        .with_context(|| format!("creating netns {netns_name}"))?;
+    let mut record = PodRecord {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        node: pod.node.clone(),
+        netns: netns_name.clone(),
+        container_id: pod.container_id(&t.name),
+        address: None,
+        pids: Vec::new(),
+    };
+    let started = (|| -> anyhow::Result<()> {
+        netns::run_in(&netns_name, || {
+            fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
+        })?
+        .ok();
+        let result = call_cni(t, node, bins, "ADD", pod)?;
+        record.address = result["ips"][0]["address"].as_str().map(str::to_string);
+        let log_dir = pods_dir(&t.name);
+        host::create_dir_all(&log_dir)?;
+        for (i, argv) in pod.containers.iter().enumerate() {
+            let log = log_dir.join(format!("{}_{}_{i}.log", pod.namespace, pod.name));
+            let (out, err) = log_file(&log)?;
+            let child = detached_command(&netns_name, &node.cgroup, argv)?
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .with_context(|| format!("starting container {i} of pod {}: {argv:?}", pod.name))?;
+            record.pids.push(child.id() as i32);
+        }
+        write_record(&t.name, &record)
+    })();
+    if let Err(err) = started {
+        let cleanup = stop_pod(t, bins, &record);
+        return Err(match cleanup {
+            Ok(()) => err,
+            Err(c) => err.context(format!("and cleaning up the pod failed too: {c:#}")),
+        });
+    }
+    Ok(record)
+}
+
+/// Stops a pod's processes, calls CNI DEL, removes its namespace and record.
+pub fn stop_pod(t: &Topology, bins: &Binaries, record: &PodRecord) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for &pid in &record.pids {
+        if let Err(e) = stop_process(pid) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let request = PodRequest {
+        namespace: record.namespace.clone(),
+        name: record.name.clone(),
+        node: record.node.clone(),
+        containers: Vec::new(),
+    };
+    if let Some(node) = t.node(&record.node)
+        && let Err(e) = call_cni(t, node, bins, "DEL", &request)
+    {
+        failures.push(format!("{e:#}"));
+    }
+    if netns::netns_path(&record.netns).exists()
+        && let Err(e) = ip::batch(None, &[format!("netns del {}", record.netns)], false)
+    {
+        failures.push(format!("{e:#}"));
+    }
+    let path = record_path(&t.name, &record.namespace, &record.name);
+    if let Err(e) = fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        failures.push(format!("removing {}: {e}", path.display()));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("stopping pod {}: {}", record.name, failures.join("; "))
+    }
+}
+
+/// Brings up a lab whose pods come from Weft (no hand-wired pods) and starts every node's
+/// agent, one after another so the node CIDRs are claimed in node order. On failure the lab is
+/// taken down again.
+pub fn up_cluster(
+    spec: &crate::spec::LabSpec,
+    bins: &Binaries,
+    config: Option<&Path>,
+) -> anyhow::Result<Topology> {
+    if spec.pods_per_node != 0 {
+        bail!("a lab run by Weft's agents has no hand-wired pods (pods_per_node must be 0)");
+    }
+    let t = crate::lifecycle::up(spec)?;
+    for node in &t.nodes {
+        if let Err(err) = start_agent(&t, node, bins, config) {
+            return Err(match crate::lifecycle::down(&t.name) {
+                Ok(_) => err,
+                Err(cleanup) => err.context(format!("and taking the lab down failed: {cleanup:#}")),
+            });
+        }
+    }
+    Ok(t)
+}

@@ -1,0 +1,287 @@
+//! L3: the lab run by Weft — an agent per node, pods applied as manifests and networked by the
+//! CNI plugin, routed by the datapath. Real sockets: the connectivity matrix, masquerade to
+//! the client, isolation of pod addresses, anti-spoofing, full-size transfers through the
+//! tunnel, and an agent restart under an open connection. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
+
+use weft_common::{Hook, MetricsKey, Reason};
+use weft_lab::{
+    LabSpec,
+    apply::{apply, delete},
+    datapath::inspect,
+    leftovers,
+    netns::run_in,
+    runtime::{self, Binaries, PodRecord},
+    testing::{LabGuard, running_as_root, unique_lab_name},
+    traffic,
+};
+use weft_packet::PacketBuilder;
+
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 4);
+
+const PODS: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: a
+spec:
+  nodeName: vps1
+  containers:
+    - name: main
+      command: [sleep, '3600']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: b
+spec:
+  nodeName: vps1
+  containers:
+    - name: main
+      command: [sleep, '3600']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: c
+  labels:
+    app: c
+spec:
+  nodeName: vps2
+  containers:
+    - name: main
+      command: [sleep, '3600']
+";
+
+struct Cluster {
+    lab: LabGuard,
+    bins: Binaries,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn up(tag: &str, nodes: u32) -> Cluster {
+        let bins = Binaries::locate().expect("weft-agent and weft-cni are built");
+        let spec = LabSpec::with_size(unique_lab_name(tag), nodes, 0);
+        let lab = LabGuard::new(runtime::up_cluster(&spec, &bins, None).expect("cluster up"));
+        let dir = std::env::temp_dir().join(format!("weft-cluster-test-{}", lab.name));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Cluster { lab, bins, dir }
+    }
+
+    fn apply_text(&self, file: &str, text: &str) -> anyhow::Result<weft_lab::apply::ApplyReport> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, text)?;
+        apply(&self.lab, &self.bins, &[path])
+    }
+
+    fn pod(&self, name: &str) -> PodRecord {
+        runtime::running_pods(&self.lab.name)
+            .expect("pod records")
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("pod {name} is not running"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn addr(record: &PodRecord) -> Ipv4Addr {
+    record
+        .address
+        .as_deref()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("pod {} has no address", record.name))
+}
+
+fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
+    peer.ip()
+}
+
+#[test]
+fn pods_get_networked_by_the_cni_plugin_and_routed_by_the_datapath() {
+    if !running_as_root("pods_get_networked_by_the_cni_plugin_and_routed_by_the_datapath") {
+        return;
+    }
+    let cluster = Cluster::up("cni", 2);
+    let report = cluster.apply_text("pods.yaml", PODS).expect("apply");
+    assert_eq!(report.started.len(), 3, "{report:?}");
+    let (a, b, c) = (cluster.pod("a"), cluster.pod("b"), cluster.pod("c"));
+    let (ip_a, ip_b, ip_c) = (addr(&a), addr(&b), addr(&c));
+
+    // Same node and across nodes, TCP, UDP and ICMP; the server sees the client pod's address.
+    for (from, to, to_ip) in [(&a, &b, ip_b), (&a, &c, ip_c), (&c, &a, ip_a)] {
+        let server = SocketAddrV4::new(to_ip, 8080);
+        let peer = traffic::tcp_echo(&from.netns, &to.netns, server, b"hello over tcp")
+            .unwrap_or_else(|e| panic!("tcp {} -> {}: {e:#}", from.name, to.name));
+        assert_eq!(peer_ip(peer), std::net::IpAddr::V4(addr(from)));
+        let peer = traffic::udp_echo(
+            &from.netns,
+            &to.netns,
+            SocketAddrV4::new(to_ip, 5353),
+            b"udp",
+        )
+        .unwrap_or_else(|e| panic!("udp {} -> {}: {e:#}", from.name, to.name));
+        assert_eq!(peer_ip(peer), std::net::IpAddr::V4(addr(from)));
+        traffic::icmp_echo(&from.netns, to_ip, 7, 1)
+            .unwrap_or_else(|e| panic!("icmp {} -> {}: {e:#}", from.name, to.name));
+    }
+
+    // To the world: masqueraded to the node's address.
+    let node1 = cluster.lab.node("vps1").expect("vps1");
+    let peer = traffic::tcp_echo(
+        &a.netns,
+        &cluster.lab.client.netns,
+        SocketAddrV4::new(CLIENT_IP, 8081),
+        b"to the world",
+    )
+    .expect("pod to client");
+    assert_eq!(peer_ip(peer), std::net::IpAddr::V4(node1.underlay_ip));
+    traffic::icmp_echo(&a.netns, CLIENT_IP, 9, 1).expect("ping the client");
+    traffic::udp_echo(
+        &a.netns,
+        &cluster.lab.client.netns,
+        SocketAddrV4::new(CLIENT_IP, 5300),
+        b"dns?",
+    )
+    .expect("udp to the client");
+
+    // The client cannot reach pod addresses.
+    let unreachable = traffic::tcp_echo(
+        &cluster.lab.client.netns,
+        &a.netns,
+        SocketAddrV4::new(ip_a, 8082),
+        b"x",
+    );
+    assert!(unreachable.is_err(), "the client reached a pod address");
+
+    // A spoofed source is dropped and reported.
+    let before = inspect(node1).expect("inspect").metrics;
+    let spoofed = PacketBuilder::new()
+        .ipv4(Ipv4Addr::new(10, 42, 77, 7), ip_b)
+        .udp(1, 2)
+        .build();
+    traffic::send_raw_frame(&a.netns, "eth0", &spoofed).expect("send spoofed frame");
+    std::thread::sleep(Duration::from_millis(200));
+    let after = inspect(node1).expect("inspect").metrics;
+    let key = MetricsKey {
+        hook: Hook::FromContainer,
+        reason: Reason::InvalidSource,
+    };
+    let count = |m: &std::collections::BTreeMap<MetricsKey, weft_common::MetricsValue>| {
+        m.get(&key).map_or(0, |v| v.packets)
+    };
+    assert!(
+        count(&after) > count(&before),
+        "spoofed frame not counted as invalid source"
+    );
+
+    // Deleting a pod stops it and frees its network.
+    let del = cluster.dir.join("b.yaml");
+    std::fs::write(
+        &del,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\nspec:\n  containers:\n    - name: main\n      command: [sleep, '1']\n",
+    )
+    .expect("write");
+    let report = delete(&cluster.lab, &cluster.bins, &[del]).expect("delete");
+    assert_eq!(report.stopped.len(), 1, "{report:?}");
+    assert!(!weft_lab::netns::netns_path(&b.netns).exists());
+
+    let name = cluster.lab.name.clone();
+    drop(cluster);
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn a_bad_manifest_changes_nothing() {
+    if !running_as_root("a_bad_manifest_changes_nothing") {
+        return;
+    }
+    let cluster = Cluster::up("bad", 1);
+    let err = cluster
+        .apply_text(
+            "bad.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ok\nspec:\n  containers:\n    - name: m\n      command: [sleep, '60']\n---\nkind: Pod\nmetadata: [not, a, map]\n",
+        )
+        .expect_err("a malformed document is refused");
+    assert!(format!("{err:#}").contains("bad.yaml"), "{err:#}");
+    assert!(
+        runtime::running_pods(&cluster.lab.name)
+            .expect("records")
+            .is_empty()
+    );
+    let err = cluster
+        .apply_text(
+            "nocmd.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n    - name: m\n",
+        )
+        .expect_err("a container without a command is refused");
+    assert!(format!("{err:#}").contains("no command"), "{err:#}");
+    assert!(
+        runtime::running_pods(&cluster.lab.name)
+            .expect("records")
+            .is_empty()
+    );
+}
+
+#[test]
+fn full_size_transfers_cross_the_tunnel_and_survive_an_agent_restart() {
+    if !running_as_root("full_size_transfers_cross_the_tunnel_and_survive_an_agent_restart") {
+        return;
+    }
+    let cluster = Cluster::up("mtu", 2);
+    cluster.apply_text("pods.yaml", PODS).expect("apply");
+    let (a, c) = (cluster.pod("a"), cluster.pod("c"));
+    let server = SocketAddrV4::new(addr(&c), 9000);
+    let listener = run_in(&c.netns, || TcpListener::bind(server))
+        .expect("netns")
+        .expect("listen");
+    let mut stream = run_in(&a.netns, || {
+        TcpStream::connect_timeout(&server.into(), Duration::from_secs(5))
+    })
+    .expect("netns")
+    .expect("connect across nodes");
+    let (mut conn, _) = listener.accept().expect("accept");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+
+    let block: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let send_and_check = |stream: &mut TcpStream, conn: &mut TcpStream| {
+        let writer = {
+            let mut s = stream.try_clone().expect("clone");
+            let data = block.clone();
+            std::thread::spawn(move || s.write_all(&data))
+        };
+        let mut got = vec![0u8; block.len()];
+        conn.read_exact(&mut got).expect("the whole block arrives");
+        writer.join().expect("writer").expect("write");
+        assert!(got == block, "the block arrived altered");
+    };
+    send_and_check(&mut stream, &mut conn);
+
+    // Restart vps1's agent: the pinned datapath keeps the connection.
+    let node1 = cluster.lab.node("vps1").expect("vps1").clone();
+    let pid = runtime::agent_pid(&cluster.lab.name, "vps1").expect("agent pid");
+    runtime::stop_process(pid).expect("stop agent");
+    send_and_check(&mut stream, &mut conn);
+    runtime::start_agent(&cluster.lab, &node1, &cluster.bins, None).expect("agent restarts");
+    send_and_check(&mut stream, &mut conn);
+    // The restarted agent still knows pods a and b.
+    let status = runtime::wait_ready(
+        &runtime::agent_socket(&cluster.lab.name, "vps1"),
+        Duration::from_secs(5),
+    )
+    .expect("ready");
+    assert_eq!(status.endpoints, 2, "{status:?}");
+}

@@ -1,0 +1,373 @@
+//! The Kubernetes objects the agent reads, and Weft's own resources (`WeftNode`,
+//! `WeftEndpoint`), parsed from YAML manifests (several documents per file allowed).
+//!
+//! Only the fields Weft uses are read; other fields of a Kubernetes object are ignored, as a
+//! real object carries many. An unknown `kind` is an error: a manifest Weft cannot act on
+//! should not be dropped silently.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::Ipv4Cidr;
+
+/// API group and version of Weft's resources.
+pub const WEFT_API_VERSION: &str = "weft.io/v1alpha1";
+/// Namespace of a namespaced object whose manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// The namespace, `default` when the manifest names none.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Container {
+    pub name: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Node {
+    pub metadata: ObjectMeta,
+}
+
+/// A node of the cluster as Weft knows it; written by that node's agent. `metadata.name` is the
+/// node name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeftNode {
+    pub metadata: ObjectMeta,
+    pub spec: WeftNodeSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeftNodeSpec {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Cidr,
+    #[serde(rename = "underlayIP")]
+    pub underlay_ip: Ipv4Addr,
+}
+
+/// One registered pod interface; written by the agent of the node the pod runs on.
+/// `metadata.namespace` is the pod's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeftEndpoint {
+    pub metadata: ObjectMeta,
+    pub spec: WeftEndpointSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeftEndpointSpec {
+    pub node: String,
+    pub pod_name: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub interface: String,
+    pub ipv4: Ipv4Addr,
+    pub identity: u32,
+}
+
+/// Any object a manifest may hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    Pod(Pod),
+    Namespace(Namespace),
+    Node(Node),
+    WeftNode(WeftNode),
+    WeftEndpoint(WeftEndpoint),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Pod(_) => "Pod",
+            Object::Namespace(_) => "Namespace",
+            Object::Node(_) => "Node",
+            Object::WeftNode(_) => "WeftNode",
+            Object::WeftEndpoint(_) => "WeftEndpoint",
+        }
+    }
+}
+
+/// Where in a set of manifests something is: file, document number (1-based) and, when the
+/// YAML parser knows it, line and column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub file: String,
+    pub document: usize,
+    pub line_column: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} document {}", self.file, self.document)?;
+        if let Some((line, column)) = self.line_column {
+            write!(f, " line {line} column {column}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{at}: malformed YAML: {msg}")]
+    Malformed { at: Position, msg: String },
+    #[error("{at}: the document has no `kind` or `apiVersion`")]
+    NoKind { at: Position },
+    #[error("{at}: unknown kind `{kind}` of apiVersion `{api_version}`")]
+    UnknownKind {
+        at: Position,
+        kind: String,
+        api_version: String,
+    },
+    #[error("{at}: invalid {kind}: {msg}")]
+    Invalid {
+        at: Position,
+        kind: String,
+        msg: String,
+    },
+}
+
+/// Every object of one manifest file; empty documents are skipped.
+pub fn parse_manifest(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
+    let mut out = Vec::new();
+    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let at = |e: Option<&serde_norway::Error>| Position {
+            file: file.to_string(),
+            document: index + 1,
+            line_column: e
+                .and_then(serde_norway::Error::location)
+                .map(|l| (l.line(), l.column())),
+        };
+        let value =
+            serde_norway::Value::deserialize(document).map_err(|e| ManifestError::Malformed {
+                at: at(Some(&e)),
+                msg: e.to_string(),
+            })?;
+        if value.is_null() {
+            continue;
+        }
+        out.push(object_of(value, at(None))?);
+    }
+    Ok(out)
+}
+
+fn object_of(value: serde_norway::Value, at: Position) -> Result<Object, ManifestError> {
+    let field = |name: &str| value.get(name).and_then(serde_norway::Value::as_str);
+    let (Some(kind), Some(api_version)) = (field("kind"), field("apiVersion")) else {
+        return Err(ManifestError::NoKind { at });
+    };
+    let (kind, api_version) = (kind.to_string(), api_version.to_string());
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Pod") => typed(value, at, &kind).map(Object::Pod),
+        ("v1", "Namespace") => typed(value, at, &kind).map(Object::Namespace),
+        ("v1", "Node") => typed(value, at, &kind).map(Object::Node),
+        (WEFT_API_VERSION, "WeftNode") => typed(value, at, &kind).map(Object::WeftNode),
+        (WEFT_API_VERSION, "WeftEndpoint") => typed(value, at, &kind).map(Object::WeftEndpoint),
+        _ => Err(ManifestError::UnknownKind {
+            at,
+            kind,
+            api_version,
+        }),
+    }
+}
+
+fn typed<T: DeserializeOwned>(
+    value: serde_norway::Value,
+    at: Position,
+    kind: &str,
+) -> Result<T, ManifestError> {
+    serde_norway::from_value(value).map_err(|e| ManifestError::Invalid {
+        at,
+        kind: kind.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+/// The manifest of a resource Weft writes, with its `apiVersion` and `kind`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest<'a, T: Serialize> {
+    api_version: &'static str,
+    kind: &'static str,
+    #[serde(flatten)]
+    object: &'a T,
+}
+
+impl WeftNode {
+    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+        serde_norway::to_string(&Manifest {
+            api_version: WEFT_API_VERSION,
+            kind: "WeftNode",
+            object: self,
+        })
+    }
+}
+
+impl WeftEndpoint {
+    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+        serde_norway::to_string(&Manifest {
+            api_version: WEFT_API_VERSION,
+            kind: "WeftEndpoint",
+            object: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: web
+  labels: {team: a}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: traefik
+  namespace: web
+  labels:
+    app: traefik
+  annotations: {ignored: "yes"}
+spec:
+  nodeName: vps1
+  containers:
+    - name: main
+      command: [/bin/httpd]
+      args: ["-f", "-p", "80"]
+---
+"#;
+
+    #[test]
+    fn multi_document_manifests_parse_and_ignore_foreign_fields() {
+        let objects = parse_manifest("pods.yaml", PODS).unwrap();
+        assert_eq!(objects.len(), 2);
+        let Object::Pod(pod) = &objects[1] else {
+            panic!("{objects:?}")
+        };
+        assert_eq!(pod.metadata.namespace(), "web");
+        assert_eq!(pod.metadata.labels["app"], "traefik");
+        assert_eq!(pod.spec.node_name.as_deref(), Some("vps1"));
+        assert_eq!(pod.spec.containers[0].args, ["-f", "-p", "80"]);
+    }
+
+    #[test]
+    fn weft_resources_round_trip_through_yaml() {
+        let node = WeftNode {
+            metadata: ObjectMeta {
+                name: "vps1".into(),
+                ..ObjectMeta::default()
+            },
+            spec: WeftNodeSpec {
+                pod_cidr: "10.42.0.0/24".parse().unwrap(),
+                underlay_ip: Ipv4Addr::new(198, 51, 100, 1),
+            },
+        };
+        let yaml = node.to_yaml().unwrap();
+        assert!(yaml.contains("kind: WeftNode"), "{yaml}");
+        assert!(yaml.contains("podCIDR: 10.42.0.0/24"), "{yaml}");
+        assert_eq!(
+            parse_manifest("n.yaml", &yaml).unwrap(),
+            [Object::WeftNode(node)]
+        );
+
+        let ep = WeftEndpoint {
+            metadata: ObjectMeta {
+                name: "vps1-abc".into(),
+                namespace: Some("web".into()),
+                ..ObjectMeta::default()
+            },
+            spec: WeftEndpointSpec {
+                node: "vps1".into(),
+                pod_name: "traefik".into(),
+                container_id: "abc".into(),
+                interface: "eth0".into(),
+                ipv4: Ipv4Addr::new(10, 42, 0, 10),
+                identity: 4242,
+            },
+        };
+        let yaml = ep.to_yaml().unwrap();
+        assert_eq!(
+            parse_manifest("e.yaml", &yaml).unwrap(),
+            [Object::WeftEndpoint(ep)]
+        );
+    }
+
+    #[test]
+    fn an_unknown_kind_names_file_document_and_kind() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
+        let err = parse_manifest("cm.yaml", text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cm.yaml document 2: unknown kind `ConfigMap` of apiVersion `v1`"
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_position() {
+        let err = parse_manifest("bad.yaml", "apiVersion: v1\nkind: [Pod\n").unwrap_err();
+        let ManifestError::Malformed { at, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(at.file, "bad.yaml");
+        assert!(at.line_column.is_some(), "{err}");
+        assert!(
+            err.to_string().starts_with("bad.yaml document 1 line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_field_or_missing_kind_is_an_error() {
+        let bad_ip = "apiVersion: weft.io/v1alpha1\nkind: WeftNode\nmetadata: {name: n}\nspec: {podCIDR: 10.42.0.1/24, underlayIP: 1.2.3.4}\n";
+        let err = parse_manifest("n.yaml", bad_ip).unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::Invalid { kind, .. } if kind == "WeftNode"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("host bits"), "{err}");
+        let err = parse_manifest("x.yaml", "metadata: {name: n}\n").unwrap_err();
+        assert!(matches!(err, ManifestError::NoKind { .. }), "{err}");
+    }
+}

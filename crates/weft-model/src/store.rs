@@ -1,0 +1,153 @@
+//! The in-memory cluster state: every object of the current snapshot, by kind and name.
+
+use std::collections::BTreeMap;
+
+use crate::k8s::{
+    ManifestError, Namespace, Node, Object, Pod, WeftEndpoint, WeftNode, parse_manifest,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Store {
+    /// By (namespace, name).
+    pub pods: BTreeMap<(String, String), Pod>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub nodes: BTreeMap<String, Node>,
+    /// By node name.
+    pub weft_nodes: BTreeMap<String, WeftNode>,
+    /// By (namespace, name).
+    pub weft_endpoints: BTreeMap<(String, String), WeftEndpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{kind} {name} is defined twice (in {first} and {second})")]
+    Duplicate {
+        kind: &'static str,
+        name: String,
+        first: String,
+        second: String,
+    },
+}
+
+impl Store {
+    /// The store of a snapshot of manifest files, given as (file name, contents). Any malformed
+    /// file or duplicate object fails the whole snapshot.
+    pub fn from_manifests<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::default();
+        let mut origin: BTreeMap<(&'static str, String), String> = BTreeMap::new();
+        for (file, text) in files {
+            for object in parse_manifest(file, text)? {
+                let key = (object.kind(), object_key(&object));
+                if let Some(first) = origin.insert(key.clone(), file.to_string()) {
+                    return Err(StoreError::Duplicate {
+                        kind: key.0,
+                        name: key.1,
+                        first,
+                        second: file.to_string(),
+                    });
+                }
+                store.insert(object);
+            }
+        }
+        Ok(store)
+    }
+
+    /// Replaces the contents with those of a new snapshot; when the snapshot does not load,
+    /// the store is left as it was and the error returned (a malformed manifest changes
+    /// nothing).
+    pub fn reload<'a>(
+        &mut self,
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), StoreError> {
+        *self = Store::from_manifests(files)?;
+        Ok(())
+    }
+
+    fn insert(&mut self, object: Object) {
+        match object {
+            Object::Pod(p) => {
+                let key = (p.metadata.namespace().to_string(), p.metadata.name.clone());
+                self.pods.insert(key, p);
+            }
+            Object::Namespace(n) => {
+                self.namespaces.insert(n.metadata.name.clone(), n);
+            }
+            Object::Node(n) => {
+                self.nodes.insert(n.metadata.name.clone(), n);
+            }
+            Object::WeftNode(n) => {
+                self.weft_nodes.insert(n.metadata.name.clone(), n);
+            }
+            Object::WeftEndpoint(e) => {
+                let key = (e.metadata.namespace().to_string(), e.metadata.name.clone());
+                self.weft_endpoints.insert(key, e);
+            }
+        }
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+}
+
+fn object_key(object: &Object) -> String {
+    match object {
+        Object::Pod(p) => format!("{}/{}", p.metadata.namespace(), p.metadata.name),
+        Object::WeftEndpoint(e) => format!("{}/{}", e.metadata.namespace(), e.metadata.name),
+        Object::Namespace(n) => n.metadata.name.clone(),
+        Object::Node(n) => n.metadata.name.clone(),
+        Object::WeftNode(n) => n.metadata.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "apiVersion: weft.io/v1alpha1\nkind: WeftNode\nmetadata: {name: vps1}\nspec: {podCIDR: 10.42.0.0/24, underlayIP: 198.51.100.1}\n";
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec: {nodeName: vps1}\n";
+
+    #[test]
+    fn a_snapshot_fills_the_store_by_kind() {
+        let store = Store::from_manifests([("node.yaml", NODE), ("pod.yaml", POD)]).unwrap();
+        assert_eq!(
+            store.weft_nodes["vps1"].spec.pod_cidr.to_string(),
+            "10.42.0.0/24"
+        );
+        assert_eq!(
+            store.pod("default", "web").unwrap().metadata.labels["app"],
+            "web"
+        );
+    }
+
+    #[test]
+    fn a_malformed_manifest_leaves_the_previous_store_in_use() {
+        let mut store = Store::from_manifests([("node.yaml", NODE)]).unwrap();
+        let before = store.clone();
+        let err = store
+            .reload([
+                ("node.yaml", NODE),
+                ("pod.yaml", POD),
+                ("bad.yaml", "kind: ["),
+            ])
+            .unwrap_err();
+        assert!(err.to_string().starts_with("bad.yaml"), "{err}");
+        assert_eq!(store, before);
+        store.reload([("pod.yaml", POD)]).unwrap();
+        assert!(store.weft_nodes.is_empty());
+        assert_eq!(store.pods.len(), 1);
+    }
+
+    #[test]
+    fn an_object_defined_twice_is_refused_with_both_files() {
+        let err = Store::from_manifests([("a.yaml", NODE), ("b.yaml", NODE)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "WeftNode vps1 is defined twice (in a.yaml and b.yaml)"
+        );
+    }
+}
