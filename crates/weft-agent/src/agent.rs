@@ -19,10 +19,10 @@ use weft_common::{
     nat::{SNAT_PORT_MAX, SNAT_PORT_MIN},
     node::NODE_MASQUERADE_FLAG,
 };
-use weft_datapath::Datapath;
+use weft_datapath::{Datapath, reconcile_attachments};
 use weft_model::{
     ClusterConfig, Ipv4Cidr, Store,
-    desired::{self, attachment_changes, desired_attachments},
+    desired::{self, desired_attachments},
     identity::pod_identity,
     ipam::PodIpam,
     ipcache::{LocalEndpoint, MapChanges, desired_endpoints, desired_ipcache, map_changes},
@@ -708,44 +708,31 @@ impl<D: Datapath> Agent<D> {
         Ok(())
     }
 
-    fn desired_attachments(&self) -> BTreeSet<desired::Attachment> {
-        let endpoints: Vec<desired::Endpoint> = self
-            .registered()
+    fn endpoints(&self) -> Vec<desired::Endpoint> {
+        self.registered()
             .map(|ep| desired::Endpoint {
                 name: ep.attachment.container_id.clone(),
                 host_ifname: local_ifname(ep),
             })
-            .collect();
-        desired_attachments(&self.settings.external_device, &endpoints)
+            .collect()
     }
 
-    /// `reconcile_attachments` of weft-datapath, but one failing interface (a pod whose veth
-    /// vanished) does not hold up the others.
     fn reconcile_attachments(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {
-        let current = self.datapath.attachments()?;
-        let changes = attachment_changes(&self.desired_attachments(), &current);
-        for a in &changes.detach {
-            match self.datapath.detach(a) {
-                Ok(()) => {
-                    log!("detached {}", hook_name(a));
-                    report.detached.push(hook_name(a));
-                }
-                Err(e) => report
-                    .errors
-                    .push(format!("detaching {}: {e:#}", hook_name(a))),
-            }
+        let endpoints = self.endpoints();
+        let outcome = reconcile_attachments(
+            &mut self.datapath,
+            &self.settings.external_device,
+            &endpoints,
+        )?;
+        for a in &outcome.applied.detach {
+            log!("detached {}", hook_name(a));
+            report.detached.push(hook_name(a));
         }
-        for a in &changes.attach {
-            match self.datapath.attach(a) {
-                Ok(()) => {
-                    log!("attached {}", hook_name(a));
-                    report.attached.push(hook_name(a));
-                }
-                Err(e) => report
-                    .errors
-                    .push(format!("attaching {}: {e:#}", hook_name(a))),
-            }
+        for a in &outcome.applied.attach {
+            log!("attached {}", hook_name(a));
+            report.attached.push(hook_name(a));
         }
+        report.errors.extend(outcome.failures);
         Ok(())
     }
 

@@ -151,7 +151,7 @@ mod tests {
     use weft_model::desired::Endpoint;
 
     use super::*;
-    use crate::reconcile_attachments;
+    use crate::{AttachmentOutcome, reconcile_attachments};
 
     fn ep(name: &str) -> Endpoint {
         Endpoint {
@@ -163,8 +163,9 @@ mod tests {
     #[test]
     fn reconcile_attaches_both_programs_per_endpoint_then_is_a_no_op() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
-        let changes =
-            reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
+        let changes = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")])
+            .and_then(AttachmentOutcome::into_result)
+            .expect("reconciles");
         assert_eq!(changes.attach.len(), 7);
         assert_eq!(
             dp.log,
@@ -178,8 +179,9 @@ mod tests {
                 "attach to-container lxcb"
             ]
         );
-        let again =
-            reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
+        let again = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")])
+            .and_then(AttachmentOutcome::into_result)
+            .expect("reconciles");
         assert!(again.is_empty());
         assert_eq!(dp.log.len(), 7, "a second pass changes nothing");
     }
@@ -187,9 +189,13 @@ mod tests {
     #[test]
     fn reconcile_detaches_only_removed_endpoints() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
-        reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")]).expect("reconciles");
+        reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")])
+            .and_then(AttachmentOutcome::into_result)
+            .expect("reconciles");
         dp.log.clear();
-        reconcile_attachments(&mut dp, "eth0", &[ep("b")]).expect("reconciles");
+        reconcile_attachments(&mut dp, "eth0", &[ep("b")])
+            .and_then(AttachmentOutcome::into_result)
+            .expect("reconciles");
         assert_eq!(
             dp.log,
             ["detach from-container lxca", "detach to-container lxca"]
@@ -236,13 +242,15 @@ mod tests {
     fn a_failed_attach_is_reported_with_the_interface_and_leaves_others_applied() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca"]);
         let err = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")])
+            .and_then(AttachmentOutcome::into_result)
             .expect_err("lxczz is missing");
         assert!(format!("{err:#}").contains("lxczz"), "{err:#}");
         assert_eq!(dp.attached.len(), 5, "eth0's and lxca's attachments stay");
         // Level-triggered: once the interface exists, the next pass completes the work.
         dp.interfaces.insert("lxczz".into());
-        let changes =
-            reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")]).expect("reconciles");
+        let changes = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")])
+            .and_then(AttachmentOutcome::into_result)
+            .expect("reconciles");
         assert_eq!(changes.attach.len(), 2);
     }
 }

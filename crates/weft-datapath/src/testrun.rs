@@ -59,3 +59,21 @@ impl TestHarness {
         })
     }
 }
+
+/// Runs `check` on every fixture of a table and fails once at the end, naming every fixture
+/// that failed and why (a table stops at no single failure).
+pub fn assert_every_fixture<F>(
+    fixtures: impl IntoIterator<Item = F>,
+    name: impl Fn(&F) -> &str,
+    check: impl Fn(&F) -> anyhow::Result<()>,
+) {
+    let failures: Vec<String> = fixtures
+        .into_iter()
+        .filter_map(|f| check(&f).err().map(|e| format!("{}: {e:#}", name(&f))))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "fixtures failed:\n{}",
+        failures.join("\n")
+    );
+}

@@ -9,20 +9,14 @@ use weft_common::{
     net::{TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     programs::{FROM_CONTAINER, TO_CONTAINER, XDP_ENTRY},
 };
-use weft_datapath::testrun::TestHarness;
+use weft_datapath::{
+    running_as_root,
+    testrun::{TestHarness, assert_every_fixture},
+};
 use weft_packet::{PacketBuilder, TCP_ACK, TCP_SYN};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 10);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 11);
-
-fn running_as_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED (needs root): {test}");
-    }
-    root
-}
 
 /// What one packet must do.
 struct Fixture {
@@ -269,17 +263,7 @@ fn fixture_table() {
     if !running_as_root("fixture_table") {
         return;
     }
-    let mut failures = Vec::new();
-    for fixture in fixtures() {
-        if let Err(e) = check(&fixture) {
-            failures.push(format!("{}: {e:#}", fixture.name));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "fixtures failed:\n{}",
-        failures.join("\n")
-    );
+    assert_every_fixture(fixtures(), |f| f.name, check);
 }
 
 /// Each fixture gets a fresh harness, so counters and events are its own.

@@ -18,7 +18,10 @@ use weft_common::{
     node::NODE_MASQUERADE_FLAG,
     programs::{FROM_CONTAINER, FROM_NETDEV, TO_NETDEV},
 };
-use weft_datapath::testrun::TestHarness;
+use weft_datapath::{
+    running_as_root,
+    testrun::{TestHarness, assert_every_fixture},
+};
 use weft_model::Ipv4Cidr;
 use weft_packet::{PacketBuilder, TCP_ACK, TCP_SYN, checksum::internet_checksum};
 
@@ -43,15 +46,6 @@ const A_IDENTITY: u32 = 1000;
 const B_IDENTITY: u32 = 2000;
 const B_IFINDEX: u32 = 77;
 const EXTERNAL_IFINDEX: u32 = 5;
-
-fn running_as_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED (needs root): {test}");
-    }
-    root
-}
 
 fn node(snat_port_min: u16, snat_port_max: u16) -> NodeConfig {
     NodeConfig {
@@ -388,17 +382,7 @@ fn routing_fixture_table() {
     if !running_as_root("routing_fixture_table") {
         return;
     }
-    let mut failures = Vec::new();
-    for fixture in fixtures() {
-        if let Err(e) = check(&fixture) {
-            failures.push(format!("{}: {e:#}", fixture.name));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "fixtures failed:\n{}",
-        failures.join("\n")
-    );
+    assert_every_fixture(fixtures(), |f| f.name, check);
 }
 
 fn check(fixture: &Fixture) -> anyhow::Result<()> {

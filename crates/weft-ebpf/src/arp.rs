@@ -2,11 +2,12 @@
 //! datapath answers the request itself and sends the reply straight back into the pod.
 
 use aya_ebpf::programs::TcContext;
-use weft_common::{EndpointInfo, Reason, net::ETH_HLEN};
+use weft_common::{Reason, net::ETH_HLEN};
 
 use crate::{
+    lookup,
     packet::Packet,
-    parse::EthHdr,
+    parse::{ArpHdr, EthHdr, Headers},
     skb,
     verdict::{StageResult, Verdict},
 };
@@ -14,15 +15,11 @@ use crate::{
 const ARP_OP_REQUEST: u16 = 1;
 const ARP_OP_REPLY: u16 = 2;
 
-/// The ARP body for Ethernet/IPv4 after the fixed 8-byte header.
+/// An Ethernet/IPv4 ARP packet: the fixed header the parser reads, then the addresses.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct ArpEthIpv4 {
-    htype: [u8; 2],
-    ptype: [u8; 2],
-    hlen: u8,
-    plen: u8,
-    op: [u8; 2],
+    hdr: ArpHdr,
     sha: [u8; 6],
     spa: [u8; 4],
     tha: [u8; 6],
@@ -34,24 +31,18 @@ const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
 /// ARP from a pod: the sender must be the pod itself; requests for any other address are
 /// answered with the host-side MAC, everything else goes to the stack.
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext, eth: &EthHdr) -> StageResult {
+pub fn from_pod(ctx: &TcContext, h: &Headers) -> StageResult {
     let arp: ArpEthIpv4 = Packet::load(ctx, ETH_HLEN).ok_or(Reason::MalformedArp)?;
-    let ep = crate::lookup::endpoint(arp.spa).ok_or(Reason::InvalidSource)?;
-    if !sent_by(&ep, ctx, eth.src) || arp.sha != ep.mac {
+    let ep = lookup::source_endpoint(ctx, arp.spa, h.src_mac)?;
+    if arp.sha != ep.mac {
         return Err(Reason::InvalidSource);
     }
-    let is_request = u16::from_be_bytes(arp.op) == ARP_OP_REQUEST;
+    let is_request = u16::from_be_bytes(arp.hdr.op) == ARP_OP_REQUEST;
     if !is_request || arp.tpa == arp.spa {
         return Ok(Verdict::pass().with_identity(ep.identity));
     }
     answer(ctx, &arp, ep.host_mac)?;
     Ok(skb::redirect_egress(Packet::ifindex(ctx)).with_identity(ep.identity))
-}
-
-/// Whether a frame with source MAC `src` on this interface comes from endpoint `ep`.
-#[inline(always)]
-pub fn sent_by(ep: &EndpointInfo, ctx: &TcContext, src: [u8; 6]) -> bool {
-    ep.ifindex == Packet::ifindex(ctx) && ep.mac == src
 }
 
 #[inline(always)]
@@ -62,12 +53,14 @@ fn answer(ctx: &TcContext, req: &ArpEthIpv4, mac: [u8; 6]) -> Result<(), Reason>
         proto: weft_common::net::ETH_P_ARP.to_be_bytes(),
     };
     let reply = ArpEthIpv4 {
-        op: ARP_OP_REPLY.to_be_bytes(),
+        hdr: ArpHdr {
+            op: ARP_OP_REPLY.to_be_bytes(),
+            ..req.hdr
+        },
         sha: mac,
         spa: req.tpa,
         tha: req.sha,
         tpa: req.spa,
-        ..*req
     };
     skb::store(ctx, 0, &eth, Reason::RedirectFailed)?;
     skb::store(ctx, ETH_HLEN, &reply, Reason::RedirectFailed)

@@ -11,8 +11,7 @@ use weft_common::{
 
 use crate::{
     arp, geneve, lookup, observe,
-    packet::Packet,
-    parse::{self, EthHdr, Headers},
+    parse::{self, Headers},
     skb,
     verdict::{StageResult, Verdict, settle},
 };
@@ -50,26 +49,21 @@ fn route(ctx: &TcContext, h: &Headers) -> StageResult {
     let Some(node) = lookup::node() else {
         return Ok(Verdict::pass());
     };
-    let eth: EthHdr = Packet::load(ctx, 0).ok_or(Reason::MalformedEthernet)?;
     match h.ethertype {
-        ETH_P_ARP => arp::from_pod(ctx, &eth),
-        ETH_P_IP => ipv4(ctx, h, &node, &eth),
+        ETH_P_ARP => arp::from_pod(ctx, h),
+        ETH_P_IP => ipv4(ctx, h, &node),
         // Pods are IPv4-only.
         _ => Err(Reason::UnsupportedL3),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, h: &Headers, node: &NodeConfig, eth: &EthHdr) -> StageResult {
-    let src = lookup::endpoint(h.src_v4()).ok_or(Reason::InvalidSource)?;
-    if !arp::sent_by(&src, ctx, eth.src) {
-        return Err(Reason::InvalidSource);
-    }
+fn ipv4(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> StageResult {
+    let src = lookup::source_endpoint(ctx, h.src_v4(), h.src_mac)?;
     let identity = src.identity;
     if let Some(dst) = lookup::endpoint(h.dst_v4()) {
         skb::decrement_ttl(ctx, h.ttl)?;
-        skb::set_macs(ctx, dst.mac, dst.host_mac)?;
-        return Ok(skb::redirect_peer(dst.ifindex).with_identity(identity));
+        return Ok(skb::deliver_to(ctx, &dst)?.with_identity(identity));
     }
     if let Some(remote) = lookup::ipcache(h.dst_v4()).filter(|e| e.has_tunnel()) {
         skb::decrement_ttl(ctx, h.ttl)?;

@@ -1,9 +1,12 @@
 //! Reads of the agent-written state: this node, its endpoints, the ipcache.
 
-use aya_ebpf::maps::lpm_trie::Key;
-use weft_common::{EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig};
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use weft_common::{EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig, Reason};
 
-use crate::maps::{ENDPOINTS, IPCACHE4, NODE};
+use crate::{
+    maps::{ENDPOINTS, IPCACHE4, NODE},
+    packet::Packet,
+};
 
 /// This node's record, or `None` before the agent has written it.
 #[inline(always)]
@@ -20,4 +23,18 @@ pub fn endpoint(addr: [u8; 4]) -> Option<EndpointInfo> {
 #[inline(always)]
 pub fn ipcache(addr: [u8; 4]) -> Option<IpcacheEntry> {
     IPCACHE4.get(Key::new(32, addr)).copied()
+}
+
+/// The local endpoint that sent a packet from address `addr` and MAC `mac` on this interface;
+/// anything else is a spoofed source (anti-spoofing for IPv4 and ARP alike).
+#[inline(always)]
+pub fn source_endpoint(
+    ctx: &TcContext,
+    addr: [u8; 4],
+    mac: [u8; 6],
+) -> Result<EndpointInfo, Reason> {
+    match endpoint(addr) {
+        Some(ep) if ep.ifindex == Packet::ifindex(ctx) && ep.mac == mac => Ok(ep),
+        _ => Err(Reason::InvalidSource),
+    }
 }

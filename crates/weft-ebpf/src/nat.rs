@@ -69,12 +69,8 @@ pub fn snat(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> Result<(), Reaso
         direction: NAT_DIR_EGRESS,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    let port = match unsafe { SNAT4.get(egress) }.copied() {
-        Some(entry) => {
-            touch(&egress, entry);
-            entry.port
-        }
+    let port = match use_entry(&egress) {
+        Some(entry) => entry.port,
         None => claim_port(&egress, node)?,
     };
     let l4_off = h.l4_off as usize;
@@ -83,10 +79,15 @@ pub fn snat(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> Result<(), Reaso
     skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off + field, p.src, port)
 }
 
+/// The translation of `key`, marked as used now (in place: one lookup per packet).
 #[inline(always)]
-fn touch(key: &NatKey4, mut entry: NatEntry4) {
-    entry.last_seen_ns = now();
-    let _ = SNAT4.insert(key, entry, BPF_ANY as u64);
+fn use_entry(key: &NatKey4) -> Option<NatEntry4> {
+    let entry = SNAT4.get_ptr_mut(key)?;
+    // SAFETY: a live map value; a racing update of the timestamp from another CPU is harmless.
+    unsafe {
+        (*entry).last_seen_ns = now();
+        Some(*entry)
+    }
 }
 
 /// Finds a free port for a new flow and records both directions.
@@ -174,11 +175,9 @@ pub fn reverse_snat(
         direction: NAT_DIR_INGRESS,
         _pad: [0; 2],
     };
-    // SAFETY: the value is copied out at once.
-    let Some(entry) = unsafe { SNAT4.get(ingress) }.copied() else {
+    let Some(entry) = use_entry(&ingress) else {
         return Ok(None);
     };
-    touch(&ingress, entry);
     let l4_off = h.l4_off as usize;
     skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_DST_OFF, node.ipv4, entry.addr)?;
     let field = if h.l4_proto == IPPROTO_ICMP { 4 } else { 2 };

@@ -38,16 +38,31 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
-    let Some(h) = parse::scratch(Hook::FromNetdev) else {
+    on_netdev(ctx, Hook::FromNetdev, ingress)
+}
+
+#[inline(always)]
+pub fn to_netdev(ctx: &TcContext) -> i32 {
+    on_netdev(ctx, Hook::ToNetdev, |ctx, h, node| egress(ctx, h, node))
+}
+
+/// The tc hooks of the external device: parse, hand IPv4 to `stage` once the node is
+/// configured, account. What the node does not understand is its stack's business, not a drop.
+#[inline(always)]
+fn on_netdev(
+    ctx: &TcContext,
+    hook: Hook,
+    stage: impl FnOnce(&TcContext, &mut Headers, &NodeConfig) -> StageResult,
+) -> i32 {
+    let Some(h) = parse::scratch(hook) else {
         return TC_ACT_OK;
     };
-    // What the node does not understand is its stack's business, not a drop.
     let parsed = parse::headers(ctx, h).is_ok();
     let verdict = match lookup::node() {
-        Some(node) if parsed && h.is_ipv4() => settle(ingress(ctx, h, &node)),
+        Some(node) if parsed && h.is_ipv4() => settle(stage(ctx, h, &node)),
         _ => Verdict::pass(),
     };
-    observe::account(ctx, Hook::FromNetdev, h, &verdict);
+    observe::account(ctx, hook, h, &verdict);
     verdict.action
 }
 
@@ -58,29 +73,13 @@ fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
         let tunneled = geneve::inspect(ctx, h, node)?;
         let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
         geneve::decap(ctx, &tunneled)?;
-        skb::set_macs(ctx, ep.mac, ep.host_mac)?;
-        return Ok(skb::redirect_peer(ep.ifindex).with_identity(tunneled.identity));
+        return Ok(skb::deliver_to(ctx, &ep)?.with_identity(tunneled.identity));
     }
     if let Some(pod) = nat::reverse_snat(ctx, h, node)? {
         let ep = lookup::endpoint(pod).ok_or(Reason::UnknownEndpoint)?;
-        skb::set_macs(ctx, ep.mac, ep.host_mac)?;
-        return Ok(skb::redirect_peer(ep.ifindex).with_identity(identity::WORLD));
+        return Ok(skb::deliver_to(ctx, &ep)?.with_identity(identity::WORLD));
     }
     Ok(Verdict::pass())
-}
-
-#[inline(always)]
-pub fn to_netdev(ctx: &TcContext) -> i32 {
-    let Some(h) = parse::scratch(Hook::ToNetdev) else {
-        return TC_ACT_OK;
-    };
-    let parsed = parse::headers(ctx, h).is_ok();
-    let verdict = match lookup::node() {
-        Some(node) if parsed && h.is_ipv4() => settle(egress(ctx, h, &node)),
-        _ => Verdict::pass(),
-    };
-    observe::account(ctx, Hook::ToNetdev, h, &verdict);
-    verdict.action
 }
 
 #[inline(always)]

@@ -15,6 +15,7 @@ use weft_common::{
 /// What the parser learned of a packet; fields it did not reach stay zero.
 #[derive(Clone, Copy, Default)]
 pub struct Headers {
+    pub src_mac: [u8; 6],
     pub ethertype: u16,
     pub ip_version: u8,
     pub l4_proto: u8,
@@ -125,6 +126,7 @@ pub fn headers<P: Packet>(pkt: &P, h: &mut Headers) -> Parsed {
     let Some(eth) = pkt.load::<EthHdr>(0) else {
         return Err(Reason::MalformedEthernet);
     };
+    h.src_mac = eth.src;
     h.ethertype = be16(eth.proto);
     match h.ethertype {
         ETH_P_IP => ipv4(pkt, h),

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weft_common::{
-    Reason,
+    EndpointInfo, Reason,
     net::{ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -23,15 +23,17 @@ pub fn store<T>(ctx: &TcContext, off: usize, v: &T, fail: Reason) -> Result<(), 
     ctx.store(off, v, 0).map_err(|_| fail)
 }
 
-/// Rewrites the Ethernet addresses for delivery to a pod.
+/// Into a pod of this node, skipping the host stack: the Ethernet header from the host veth to
+/// the pod, then `bpf_redirect_peer`.
 #[inline(always)]
-pub fn set_macs(ctx: &TcContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Reason> {
+pub fn deliver_to(ctx: &TcContext, ep: &EndpointInfo) -> Result<Verdict, Reason> {
     let eth = EthHdr {
-        dst,
-        src,
+        dst: ep.mac,
+        src: ep.host_mac,
         proto: weft_common::net::ETH_P_IP.to_be_bytes(),
     };
-    store(ctx, 0, &eth, Reason::NatFailed)
+    store(ctx, 0, &eth, Reason::RedirectFailed)?;
+    Ok(redirect_peer(ep.ifindex))
 }
 
 /// Decrements the IPv4 TTL as a router does; a packet that would leave with TTL 0 is dropped.
@@ -115,9 +117,8 @@ pub fn rewrite_port(
     store(ctx, field_off, &new.to_be_bytes(), Reason::NatFailed)
 }
 
-/// Into the pod behind the host-side veth `ifindex`, skipping the host stack.
 #[inline(always)]
-pub fn redirect_peer(ifindex: u32) -> Verdict {
+fn redirect_peer(ifindex: u32) -> Verdict {
     // SAFETY: helper without memory arguments.
     Verdict::redirected(unsafe { bpf_redirect_peer(ifindex, 0) })
 }

@@ -136,7 +136,11 @@ fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
     Ok(out)
 }
 
-/// The manifests directory's files, by name.
+/// The files of lab `lab`'s manifests directory, by name, with their text.
+pub fn manifest_files(lab: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    current_files(&runtime::manifests_dir(lab))
+}
+
 fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let entries = match fs::read_dir(dir) {

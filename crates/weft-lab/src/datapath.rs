@@ -46,7 +46,8 @@ pub fn install(topology: &Topology) -> anyhow::Result<()> {
     for node in &topology.nodes {
         run_in(&node.netns, || -> anyhow::Result<()> {
             let mut datapath = NodeDatapath::open(&node.pin_dir)?;
-            reconcile_attachments(&mut datapath, EXTERNAL_DEVICE, &endpoints(node))?;
+            reconcile_attachments(&mut datapath, EXTERNAL_DEVICE, &endpoints(node))?
+                .into_result()?;
             Ok(())
         })?
         .with_context(|| format!("installing the datapath on {}", node.name))?;

@@ -4,13 +4,14 @@
 use std::{
     fs::OpenOptions,
     os::{fd::AsFd as _, unix::process::CommandExt as _},
+    path::Path,
     process::{Command, ExitStatus},
 };
 
 use anyhow::{Context as _, anyhow};
 use nix::{
     sched::{CloneFlags, setns},
-    unistd::write,
+    unistd::{setsid, write},
 };
 
 use crate::{host, netns, topology::Topology};
@@ -19,28 +20,43 @@ use crate::{host, netns, topology::Topology};
 /// `vps1`, `vps1/pod1` (or `vps1-pod1`), `client` or `inet`. Stdio is left as `Command`'s
 /// default, so callers may capture output.
 pub fn command_in(topology: &Topology, target: &str, argv: &[String]) -> anyhow::Result<Command> {
-    let (program, args) = argv.split_first().context("no command given")?;
     let place = topology.target(target).ok_or_else(|| {
         anyhow!(
             "lab {} has no `{target}` (use a node like vps1, a pod like vps1/pod1, client or inet)",
             topology.name
         )
     })?;
-    let ns = netns::open(&place.netns)?;
+    placed_command(&place.netns, &place.cgroup, argv, false)
+}
+
+/// A [`Command`] for `argv` that, once spawned, runs in network namespace `netns` and cgroup
+/// `cgroup` (relative to the cgroup2 root); with `new_session`, in a session of its own so it
+/// outlives the caller's terminal.
+pub fn placed_command(
+    netns_name: &str,
+    cgroup: &Path,
+    argv: &[String],
+    new_session: bool,
+) -> anyhow::Result<Command> {
+    let (program, args) = argv.split_first().context("no command given")?;
+    let ns = netns::open(netns_name)?;
     let cgroup2 = host::find_cgroup2_root().context("no cgroup2 hierarchy is mounted")?;
-    let procs_path = cgroup2.join(&place.cgroup).join("cgroup.procs");
+    let procs_path = cgroup2.join(cgroup).join("cgroup.procs");
     let procs = OpenOptions::new()
         .write(true)
         .open(&procs_path)
         .with_context(|| format!("opening {}", procs_path.display()))?;
     let mut command = Command::new(program);
     command.args(args);
-    // SAFETY: the closure only makes two system calls on descriptors opened before the fork
-    // (no allocation, no locks), which is what a pre_exec hook may do.
+    // SAFETY: the closure only makes system calls on descriptors opened before the fork (no
+    // allocation, no locks), which is what a pre_exec hook may do.
     unsafe {
         command.pre_exec(move || {
             setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
             write(procs.as_fd(), b"0")?;
+            if new_session {
+                setsid()?;
+            }
             Ok(())
         });
     }

@@ -12,32 +12,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use nix::{
     mount::{MsFlags, mount},
-    sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs},
+    sys::statfs::{CGROUP2_SUPER_MAGIC, statfs},
 };
-
-use crate::topology::BPFFS_ROOT;
 
 pub(crate) const NETNS_DIR: &str = "/run/netns";
 pub(crate) const STATE_DIR: &str = "/run/weft/labs";
 /// Where cgroup2 is mounted when the machine has no cgroup2 mount at all.
 const FALLBACK_CGROUP2: &str = "/run/weft/cgroup2";
-
-/// Mounts bpffs at /sys/fs/bpf unless it is there already.
-pub(crate) fn ensure_bpffs() -> anyhow::Result<()> {
-    let root = Path::new(BPFFS_ROOT);
-    let fs = statfs(root).with_context(|| format!("statfs {}", root.display()))?;
-    if fs.filesystem_type() == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    mount(
-        Some("bpf"),
-        root,
-        Some("bpf"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| format!("mount -t bpf bpf {}", root.display()))
-}
 
 /// The mount point of the cgroup2 hierarchy, if the machine has one.
 pub(crate) fn find_cgroup2_root() -> Option<PathBuf> {

@@ -100,7 +100,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<Topology> {
 }
 
 fn build(t: &Topology) -> anyhow::Result<()> {
-    host::ensure_bpffs().context("mounting bpffs at /sys/fs/bpf")?;
+    weft_datapath::bpffs::ensure_mounted().context("mounting bpffs at /sys/fs/bpf")?;
     for node in &t.nodes {
         host::create_dir_all(&node.pin_dir)
             .with_context(|| format!("creating the pin directory of {}", node.name))?;

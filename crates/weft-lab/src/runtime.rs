@@ -10,7 +10,6 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
-    os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -20,9 +19,8 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use nix::{
     errno::Errno,
-    sched::{CloneFlags, setns},
     sys::signal::{Signal, kill},
-    unistd::{Pid, setsid, write},
+    unistd::Pid,
 };
 use serde::{Deserialize, Serialize};
 use weft_api::{AgentStatus, Request, Response};
@@ -115,26 +113,8 @@ pub fn detached_command(
     cgroup: &Path,
     argv: &[String],
 ) -> anyhow::Result<Command> {
-    let (program, args) = argv.split_first().context("no command given")?;
-    let ns = netns::open(netns_name)?;
-    let cgroup2 = host::find_cgroup2_root().context("no cgroup2 hierarchy is mounted")?;
-    let procs_path = cgroup2.join(cgroup).join("cgroup.procs");
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(&procs_path)
-        .with_context(|| format!("opening {}", procs_path.display()))?;
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null());
-    // SAFETY: the closure makes only system calls on descriptors opened before the fork (no
-    // allocation, no locks), which is what a pre_exec hook may do.
-    unsafe {
-        command.pre_exec(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            write(procs.as_fd(), b"0")?;
-            setsid()?;
-            Ok(())
-        });
-    }
+    let mut command = crate::exec::placed_command(netns_name, cgroup, argv, true)?;
+    command.stdin(Stdio::null());
     Ok(command)
 }
 

@@ -12,14 +12,7 @@ use crate::{
     topology::Topology,
 };
 
-/// True when the test may touch the machine; otherwise says on stderr that it is skipped.
-pub fn running_as_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED (needs root): {test}");
-    false
-}
+pub use weft_datapath::running_as_root;
 
 const PID_DIGITS: usize = 5; // 36^5 > 2^22, the largest pid_max
 const COUNTER_DIGITS: usize = 2;

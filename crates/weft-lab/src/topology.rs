@@ -28,7 +28,6 @@ pub const ETH0: &str = "eth0";
 /// MTU of the pod veths (no encapsulation yet).
 pub const POD_MTU: u32 = 1500;
 /// Where the lab's bpffs pin directories live (`<root>/<lab>/<node>`).
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/weft";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,15 +1,10 @@
 //! `weft lab apply -f` / `weft lab delete -f`: kubectl-like lines of what changed.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use weft_lab::{
-    apply::ApplyReport,
+    apply::{ApplyReport, manifest_files},
     runtime::{self, Binaries, PodRecord},
 };
 
@@ -19,11 +14,10 @@ type Snapshot = BTreeMap<String, String>;
 pub fn apply(lab: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let topology = weft_lab::load(lab)?;
     let bins = Binaries::locate()?;
-    let dir = runtime::manifests_dir(lab);
-    let before = snapshot(&dir)?;
+    let before = manifest_files(lab)?;
     let report = weft_lab::apply::apply(&topology, &bins, files)
         .with_context(|| format!("applying {} to lab {lab}", list(files)))?;
-    let after = snapshot(&dir)?;
+    let after = manifest_files(lab)?;
     let running = runtime::running_pods(lab)?;
     for line in applied_lines(&report, &before, &after, &running) {
         println!("{line}");
@@ -52,29 +46,6 @@ fn list(files: &[PathBuf]) -> String {
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
-    let mut out = Snapshot::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("reading {}", dir.display()))?
-            .path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if name.ends_with(".yaml") || name.ends_with(".yml") {
-            let text =
-                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            out.insert(name.to_string(), text);
-        }
-    }
-    Ok(out)
 }
 
 /// An object as the lab's report names it (`Pod default/web`, `Namespace team`).
