@@ -22,7 +22,7 @@ use weft_common::{
 use weft_datapath::{Datapath, reconcile_attachments};
 use weft_model::{
     ClusterConfig, Ipv4Cidr, Store,
-    desired::{self, desired_attachments},
+    desired::{self, ExternalDevice, required_attachments},
     identity::pod_identity,
     ipam::PodIpam,
     ipcache::{LocalEndpoint, MapChanges, desired_endpoints, desired_ipcache, map_changes},
@@ -719,11 +719,8 @@ impl<D: Datapath> Agent<D> {
 
     fn reconcile_attachments(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {
         let endpoints = self.endpoints();
-        let outcome = reconcile_attachments(
-            &mut self.datapath,
-            &self.settings.external_device,
-            &endpoints,
-        )?;
+        let external = self.external_device();
+        let outcome = reconcile_attachments(&mut self.datapath, &external, &endpoints)?;
         for a in &outcome.applied.detach {
             log!("detached {}", hook_name(a));
             report.detached.push(hook_name(a));
@@ -736,10 +733,18 @@ impl<D: Datapath> Agent<D> {
         Ok(())
     }
 
-    /// Ready once `weft_node` is written and the external device carries its three programs.
+    fn external_device(&self) -> ExternalDevice {
+        ExternalDevice::new(
+            &self.settings.external_device,
+            self.settings.cluster.load_balancer.acceleration,
+        )
+    }
+
+    /// Ready once `weft_node` is written and the external device carries the programs it cannot
+    /// run without.
     fn update_readiness(&mut self) {
         let node_ok = self.datapath.node().is_ok_and(|n| n.is_configured());
-        let external = desired_attachments(&self.settings.external_device, &[]);
+        let external = required_attachments(&self.external_device());
         let attached_ok = self
             .datapath
             .attachments()

@@ -16,7 +16,7 @@ use weft_common::{
     ipcache::identity::{HOST, REMOTE_NODE, UNMANAGED},
 };
 use weft_datapath::FakeDatapath;
-use weft_model::{ClusterConfig, Ipv4Cidr, Store, desired, identity::pod_identity};
+use weft_model::{Acceleration, ClusterConfig, Ipv4Cidr, Store, desired, identity::pod_identity};
 
 use crate::{
     agent::{Agent, Settings, codes},
@@ -102,8 +102,15 @@ fn settings(dirs: &Dirs, node: &str) -> Settings {
 }
 
 fn start(dirs: &Dirs, datapath: FakeDatapath) -> Agent<FakeDatapath> {
+    start_with(dirs, datapath, ClusterConfig::default())
+}
+
+fn start_with(dirs: &Dirs, datapath: FakeDatapath, cluster: ClusterConfig) -> Agent<FakeDatapath> {
     Agent::start(
-        settings(dirs, "vps1"),
+        Settings {
+            cluster,
+            ..settings(dirs, "vps1")
+        },
         datapath,
         Box::new(fake_net()),
         Store::default(),
@@ -163,6 +170,40 @@ fn cidr(s: &str) -> Ipv4Cidr {
     s.parse().unwrap()
 }
 
+fn accelerated(acceleration: Acceleration) -> ClusterConfig {
+    let mut cluster = ClusterConfig::default();
+    cluster.load_balancer.acceleration = acceleration;
+    cluster
+}
+
+fn without_native_xdp() -> FakeDatapath {
+    let mut dp = fake_datapath();
+    dp.without_native_xdp.insert("eth0".into());
+    dp
+}
+
+#[test]
+fn xdp_runs_on_the_external_device_only_with_acceleration() {
+    let (d1, d2, d3) = (dirs(), dirs(), dirs());
+    let native = start_with(&d1, fake_datapath(), accelerated(Acceleration::Native));
+    assert!(native.is_ready());
+    assert!(native.status().attached.contains(&"xdp@eth0".to_string()));
+
+    let refused = start_with(&d2, without_native_xdp(), accelerated(Acceleration::Native));
+    assert!(!refused.is_ready(), "native acceleration is required");
+
+    let best = start_with(
+        &d3,
+        without_native_xdp(),
+        accelerated(Acceleration::BestEffort),
+    );
+    assert!(best.is_ready(), "best effort runs without XDP");
+    assert_eq!(
+        best.status().attached,
+        ["from-netdev@eth0", "to-netdev@eth0"]
+    );
+}
+
 #[test]
 fn start_programs_the_node_and_publishes_its_weftnode() {
     let dirs = dirs();
@@ -178,10 +219,7 @@ fn start_programs_the_node_and_publishes_its_weftnode() {
     assert_eq!(status.pod_cidr, "10.42.0.0/24");
     assert_eq!(status.gateway, Ipv4Addr::new(10, 42, 0, 1));
     assert_eq!(status.mtu, 1500 - 58);
-    assert_eq!(
-        status.attached,
-        ["from-netdev@eth0", "to-netdev@eth0", "xdp@eth0"]
-    );
+    assert_eq!(status.attached, ["from-netdev@eth0", "to-netdev@eth0"]);
     let weftnode = fs::read_to_string(dirs.manifests.0.join("weftnode-vps1.yaml")).unwrap();
     let store = Store::from_manifests([("weftnode-vps1.yaml", weftnode.as_str())]).unwrap();
     assert_eq!(store.weft_nodes["vps1"].spec.pod_cidr, cidr("10.42.0.0/24"));
@@ -333,7 +371,7 @@ fn bad_registrations_are_refused_and_leave_nothing_behind() {
     });
     assert_eq!(error_code(refused), codes::AGENT_FAILURE);
     assert!(agent.datapath().endpoints.is_empty());
-    assert_eq!(agent.datapath().attached.len(), 3, "only eth0's programs");
+    assert_eq!(agent.datapath().attached.len(), 2, "only eth0's programs");
     assert!(!dirs.manifests.0.join("weftendpoint-vps1-c1.yaml").exists());
     assert!(agent.datapath().log.len() > before);
     assert_eq!(agent.status().endpoints, 0);

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::bail;
-use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig};
+use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, Hook, IpcacheEntry, NodeConfig};
 use weft_model::{Ipv4Cidr, desired::Attachment};
 
 use crate::Datapath;
@@ -19,6 +19,8 @@ pub struct FakeDatapath {
     pub node: NodeConfig,
     pub endpoints: BTreeMap<EndpointKey, EndpointInfo>,
     pub ipcache: BTreeMap<Ipv4Cidr, IpcacheEntry>,
+    /// Interfaces whose driver has no native XDP: attaching `xdp_entry` to them fails.
+    pub without_native_xdp: BTreeSet<String>,
     /// Every call that changed state, in order, for assertions.
     pub log: Vec<String>,
 }
@@ -36,6 +38,9 @@ impl Datapath for FakeDatapath {
     fn attach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
         if !self.interfaces.contains(&attachment.ifname) {
             bail!("no interface {}", attachment.ifname);
+        }
+        if attachment.hook == Hook::Xdp && self.without_native_xdp.contains(&attachment.ifname) {
+            bail!("{} has no native XDP", attachment.ifname);
         }
         if !self.attached.insert(attachment.clone()) {
             bail!(
@@ -148,10 +153,17 @@ impl Datapath for FakeDatapath {
 
 #[cfg(test)]
 mod tests {
-    use weft_model::desired::Endpoint;
+    use weft_model::{
+        Acceleration,
+        desired::{Endpoint, ExternalDevice},
+    };
 
     use super::*;
     use crate::{AttachmentOutcome, reconcile_attachments};
+
+    fn eth0() -> ExternalDevice {
+        ExternalDevice::new("eth0", Acceleration::Native)
+    }
 
     fn ep(name: &str) -> Endpoint {
         Endpoint {
@@ -163,7 +175,7 @@ mod tests {
     #[test]
     fn reconcile_attaches_both_programs_per_endpoint_then_is_a_no_op() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
-        let changes = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")])
+        let changes = reconcile_attachments(&mut dp, &eth0(), &[ep("a"), ep("b")])
             .and_then(AttachmentOutcome::into_result)
             .expect("reconciles");
         assert_eq!(changes.attach.len(), 7);
@@ -179,7 +191,7 @@ mod tests {
                 "attach to-container lxcb"
             ]
         );
-        let again = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")])
+        let again = reconcile_attachments(&mut dp, &eth0(), &[ep("a"), ep("b")])
             .and_then(AttachmentOutcome::into_result)
             .expect("reconciles");
         assert!(again.is_empty());
@@ -189,11 +201,11 @@ mod tests {
     #[test]
     fn reconcile_detaches_only_removed_endpoints() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca", "lxcb"]);
-        reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("b")])
+        reconcile_attachments(&mut dp, &eth0(), &[ep("a"), ep("b")])
             .and_then(AttachmentOutcome::into_result)
             .expect("reconciles");
         dp.log.clear();
-        reconcile_attachments(&mut dp, "eth0", &[ep("b")])
+        reconcile_attachments(&mut dp, &eth0(), &[ep("b")])
             .and_then(AttachmentOutcome::into_result)
             .expect("reconciles");
         assert_eq!(
@@ -241,14 +253,14 @@ mod tests {
     #[test]
     fn a_failed_attach_is_reported_with_the_interface_and_leaves_others_applied() {
         let mut dp = FakeDatapath::with_interfaces(["eth0", "lxca"]);
-        let err = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")])
+        let err = reconcile_attachments(&mut dp, &eth0(), &[ep("a"), ep("zz")])
             .and_then(AttachmentOutcome::into_result)
             .expect_err("lxczz is missing");
         assert!(format!("{err:#}").contains("lxczz"), "{err:#}");
         assert_eq!(dp.attached.len(), 5, "eth0's and lxca's attachments stay");
         // Level-triggered: once the interface exists, the next pass completes the work.
         dp.interfaces.insert("lxczz".into());
-        let changes = reconcile_attachments(&mut dp, "eth0", &[ep("a"), ep("zz")])
+        let changes = reconcile_attachments(&mut dp, &eth0(), &[ep("a"), ep("zz")])
             .and_then(AttachmentOutcome::into_result)
             .expect("reconciles");
         assert_eq!(changes.attach.len(), 2);

@@ -23,7 +23,10 @@ pub use node::NodeDatapath;
 use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig};
 use weft_model::{
     Ipv4Cidr,
-    desired::{Attachment, AttachmentChanges, Endpoint, attachment_changes, desired_attachments},
+    desired::{
+        Attachment, AttachmentChanges, Endpoint, ExternalDevice, attachment_changes,
+        desired_attachments,
+    },
 };
 
 /// The seam between Weft's logic and the kernel.
@@ -79,7 +82,7 @@ impl AttachmentOutcome {
 /// cannot be listed.
 pub fn reconcile_attachments(
     datapath: &mut dyn Datapath,
-    external_device: &str,
+    external_device: &ExternalDevice,
     endpoints: &[Endpoint],
 ) -> anyhow::Result<AttachmentOutcome> {
     let current = datapath.attachments().context("listing attachments")?;

@@ -13,12 +13,21 @@ use weft_datapath::{
     node::{attached_programs, pinned_attachments},
     reconcile_attachments,
 };
-use weft_model::desired::Endpoint;
+use weft_model::{
+    Acceleration,
+    desired::{Endpoint, ExternalDevice},
+};
 
 use crate::{LabSpec, NodeSpec, Topology, down, netns::run_in, topology::ETH0, up};
 
 /// The node's device towards the underlay, where `xdp_entry` runs.
 pub const EXTERNAL_DEVICE: &str = ETH0;
+
+/// The hand-wired lab's external device: its self-test drives traffic through `xdp_entry`, so
+/// acceleration is on.
+pub fn external_device() -> ExternalDevice {
+    ExternalDevice::new(EXTERNAL_DEVICE, Acceleration::Native)
+}
 
 /// The node's local endpoints as the datapath sees them.
 pub fn endpoints(node: &NodeSpec) -> Vec<Endpoint> {
@@ -46,7 +55,7 @@ pub fn install(topology: &Topology) -> anyhow::Result<()> {
     for node in &topology.nodes {
         run_in(&node.netns, || -> anyhow::Result<()> {
             let mut datapath = NodeDatapath::open(&node.pin_dir)?;
-            reconcile_attachments(&mut datapath, EXTERNAL_DEVICE, &endpoints(node))?
+            reconcile_attachments(&mut datapath, &external_device(), &endpoints(node))?
                 .into_result()?;
             Ok(())
         })?

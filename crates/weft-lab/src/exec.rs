@@ -14,19 +14,42 @@ use nix::{
     unistd::{setsid, write},
 };
 
-use crate::{host, netns, topology::Topology};
+use crate::{
+    host, netns, runtime,
+    topology::{Target, Topology},
+};
 
 /// A [`Command`] for `argv` that, once spawned, runs in `target`'s netns and cgroup. `target` is
-/// `vps1`, `vps1/pod1` (or `vps1-pod1`), `client` or `inet`. Stdio is left as `Command`'s
-/// default, so callers may capture output.
+/// `vps1`, a hand-wired pod `vps1/pod1` (or `vps1-pod1`), a pod the lab runs for Weft (`web` or
+/// `default/web`), `client` or `inet`. Stdio is left as `Command`'s default, so callers may
+/// capture output.
 pub fn command_in(topology: &Topology, target: &str, argv: &[String]) -> anyhow::Result<Command> {
-    let place = topology.target(target).ok_or_else(|| {
-        anyhow!(
-            "lab {} has no `{target}` (use a node like vps1, a pod like vps1/pod1, client or inet)",
-            topology.name
-        )
-    })?;
+    let place = topology
+        .target(target)
+        .or_else(|| weft_pod(topology, target))
+        .ok_or_else(|| {
+            anyhow!(
+                "lab {} has no `{target}` (use a node like vps1, a pod like web or default/web, \
+                 client or inet)",
+                topology.name
+            )
+        })?;
     placed_command(&place.netns, &place.cgroup, argv, false)
+}
+
+/// A pod applied to the lab (`name` in namespace default, or `namespace/name`): its netns and
+/// its node's cgroup.
+fn weft_pod(topology: &Topology, target: &str) -> Option<Target> {
+    let (namespace, name) = target.split_once('/').unwrap_or(("default", target));
+    let pod = runtime::running_pods(&topology.name)
+        .ok()?
+        .into_iter()
+        .find(|p| p.namespace == namespace && p.name == name)?;
+    let node = topology.node(&pod.node)?;
+    Some(Target {
+        netns: pod.netns,
+        cgroup: node.cgroup.clone(),
+    })
 }
 
 /// A [`Command`] for `argv` that, once spawned, runs in network namespace `netns` and cgroup

@@ -67,11 +67,22 @@ struct Cluster {
 
 impl Cluster {
     fn up(tag: &str, nodes: u32) -> Cluster {
+        Cluster::up_with_values(tag, nodes, None)
+    }
+
+    /// A cluster whose agents read `values` as their `values.yaml`.
+    fn up_with_values(tag: &str, nodes: u32, values: Option<&str>) -> Cluster {
         let bins = Binaries::locate().expect("weft-agent and weft-cni are built");
         let spec = LabSpec::with_size(unique_lab_name(tag), nodes, 0);
-        let lab = LabGuard::new(runtime::up_cluster(&spec, &bins, None).expect("cluster up"));
-        let dir = std::env::temp_dir().join(format!("weft-cluster-test-{}", lab.name));
+        let dir = std::env::temp_dir().join(format!("weft-cluster-test-{}", spec.name));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = values.map(|text| {
+            let path = dir.join("values.yaml");
+            std::fs::write(&path, text).expect("write values.yaml");
+            path
+        });
+        let lab = runtime::up_cluster(&spec, &bins, config.as_deref());
+        let lab = LabGuard::new(lab.expect("cluster up"));
         Cluster { lab, bins, dir }
     }
 
@@ -137,6 +148,15 @@ fn pods_get_networked_by_the_cni_plugin_and_routed_by_the_datapath() {
         traffic::icmp_echo(&from.netns, to_ip, 7, 1)
             .unwrap_or_else(|e| panic!("icmp {} -> {}: {e:#}", from.name, to.name));
     }
+
+    // `weft lab exec` finds pods the lab runs by name.
+    let argv = ["ip", "-o", "-4", "addr", "show", "dev", "eth0"].map(String::from);
+    let out = weft_lab::exec::command_in(&cluster.lab, "default/a", &argv)
+        .expect("exec target")
+        .output()
+        .expect("ip runs in pod a");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("{ip_a}/32")), "{shown}");
 
     // To the world: masqueraded to the node's address.
     let node1 = cluster.lab.node("vps1").expect("vps1");
@@ -284,4 +304,51 @@ fn full_size_transfers_cross_the_tunnel_and_survive_an_agent_restart() {
     )
     .expect("ready");
     assert_eq!(status.endpoints, 2, "{status:?}");
+}
+
+#[test]
+fn with_xdp_acceleration_tunnel_and_masquerade_replies_pass_xdp_entry() {
+    if !running_as_root("with_xdp_acceleration_tunnel_and_masquerade_replies_pass_xdp_entry") {
+        return;
+    }
+    let values = "loadBalancer:\n  acceleration: native\n";
+    let cluster = Cluster::up_with_values("xdp", 2, Some(values));
+    cluster.apply_text("pods.yaml", PODS).expect("apply");
+    let (a, c) = (cluster.pod("a"), cluster.pod("c"));
+    let node2 = cluster.lab.node("vps2").expect("vps2");
+    let view = inspect(node2).expect("inspect");
+    assert!(
+        view.attachments
+            .iter()
+            .any(|at| at.ifname == "eth0" && at.hook == Hook::Xdp.name()),
+        "xdp_entry is not on vps2's eth0: {:?}",
+        view.attachments
+    );
+    let xdp_forwarded = |view: &weft_lab::datapath::NodeView| {
+        let key = MetricsKey {
+            hook: Hook::Xdp,
+            reason: Reason::Forwarded,
+        };
+        view.metrics.get(&key).map_or(0, |v| v.packets)
+    };
+    let before = xdp_forwarded(&view);
+
+    for (from, to) in [(&a, &c), (&c, &a)] {
+        let server = SocketAddrV4::new(addr(to), 8090);
+        let peer = traffic::tcp_echo(&from.netns, &to.netns, server, b"through xdp")
+            .unwrap_or_else(|e| panic!("tcp {} -> {}: {e:#}", from.name, to.name));
+        assert_eq!(peer_ip(peer), std::net::IpAddr::V4(addr(from)));
+    }
+    let node2_ip = node2.underlay_ip;
+    let peer = traffic::tcp_echo(
+        &c.netns,
+        &cluster.lab.client.netns,
+        SocketAddrV4::new(CLIENT_IP, 8091),
+        b"masqueraded",
+    )
+    .expect("pod to client");
+    assert_eq!(peer_ip(peer), std::net::IpAddr::V4(node2_ip));
+
+    let after = xdp_forwarded(&inspect(node2).expect("inspect"));
+    assert!(after > before, "no packet passed xdp_entry on vps2");
 }

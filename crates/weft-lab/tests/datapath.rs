@@ -11,7 +11,7 @@ use weft_datapath::{
 use weft_lab::{
     LabSpec,
     datapath::{
-        EXTERNAL_DEVICE, drain_events, endpoints, inspect, install, metrics_delta, set_trace, start,
+        drain_events, endpoints, external_device, inspect, install, metrics_delta, set_trace, start,
     },
     leftovers,
     netns::run_in,
@@ -141,7 +141,7 @@ fn detaching_an_endpoint_removes_its_programs_and_its_traffic_is_no_longer_count
         .collect::<Vec<_>>();
     let changes = run_in(&node.netns, || {
         let mut dp = NodeDatapath::open(&node.pin_dir)?;
-        reconcile_attachments(&mut dp, EXTERNAL_DEVICE, &only_b)?.into_result()
+        reconcile_attachments(&mut dp, &external_device(), &only_b)?.into_result()
     })
     .expect("netns")
     .expect("reconcile");

@@ -10,6 +10,7 @@ use crate::Ipv4Cidr;
 pub struct ClusterConfig {
     pub ipam: IpamConfig,
     pub bpf: BpfConfig,
+    pub load_balancer: LoadBalancerConfig,
     /// ClusterIP range (K3s default).
     #[serde(rename = "serviceCIDR")]
     pub service_cidr: Ipv4Cidr,
@@ -25,6 +26,36 @@ pub struct BpfConfig {
 impl Default for BpfConfig {
     fn default() -> Self {
         BpfConfig { masquerade: true }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LoadBalancerConfig {
+    pub acceleration: Acceleration,
+}
+
+/// Whether `xdp_entry` runs on the external device (`loadBalancer.acceleration`). Off by
+/// default, as in Cilium: a native XDP program on a veth takes segmentation offload away from
+/// its peer, so every packet crosses the device one MTU at a time (bench/README.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acceleration {
+    #[default]
+    Disabled,
+    /// Native XDP; the node is not ready without it.
+    Native,
+    /// Native XDP where the device takes it; the node runs without it where it does not.
+    BestEffort,
+}
+
+impl Acceleration {
+    pub fn wants_xdp(self) -> bool {
+        self != Acceleration::Disabled
+    }
+
+    pub fn requires_xdp(self) -> bool {
+        self == Acceleration::Native
     }
 }
 
@@ -66,6 +97,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             ipam: IpamConfig::default(),
             bpf: BpfConfig::default(),
+            load_balancer: LoadBalancerConfig::default(),
             service_cidr: Ipv4Cidr::new([10, 43, 0, 0].into(), 16).expect("valid constant"),
         }
     }
@@ -131,6 +163,20 @@ mod tests {
         assert_eq!(c.ipam.operator.cluster_pool_ipv4_mask_size, 25);
         let err = ClusterConfig::from_yaml("bpf: {masquerad: true}\n").unwrap_err();
         assert!(err.to_string().contains("masquerad"), "{err}");
+    }
+
+    #[test]
+    fn acceleration_is_off_unless_asked_for() {
+        let c = ClusterConfig::from_yaml("").unwrap();
+        assert_eq!(c.load_balancer.acceleration, Acceleration::Disabled);
+        assert!(!c.load_balancer.acceleration.wants_xdp());
+        let native = ClusterConfig::from_yaml("loadBalancer:\n  acceleration: native\n").unwrap();
+        assert!(native.load_balancer.acceleration.requires_xdp());
+        let best = ClusterConfig::from_yaml("loadBalancer: {acceleration: best-effort}").unwrap();
+        assert!(best.load_balancer.acceleration.wants_xdp());
+        assert!(!best.load_balancer.acceleration.requires_xdp());
+        let err = ClusterConfig::from_yaml("loadBalancer: {acceleration: turbo}").unwrap_err();
+        assert!(err.to_string().contains("turbo"), "{err}");
     }
 
     #[test]

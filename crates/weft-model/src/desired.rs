@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 
 use weft_common::Hook;
 
+use crate::Acceleration;
+
 /// A local endpoint as the datapath sees it: the host side of its veth pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -32,20 +34,58 @@ impl AttachmentChanges {
     }
 }
 
-/// The node's external device carries `xdp_entry`, `from_netdev` and `to_netdev`; every endpoint's host-side veth carries
-/// `from_container` on ingress and `to_container` on egress.
-pub fn desired_attachments(external_device: &str, endpoints: &[Endpoint]) -> BTreeSet<Attachment> {
-    let external = [Hook::Xdp, Hook::FromNetdev, Hook::ToNetdev].map(|hook| Attachment {
-        ifname: external_device.to_string(),
-        hook,
-    });
+/// The node's device towards the underlay, and whether `xdp_entry` is wanted on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalDevice {
+    pub ifname: String,
+    pub acceleration: Acceleration,
+}
+
+impl ExternalDevice {
+    pub fn new(ifname: &str, acceleration: Acceleration) -> ExternalDevice {
+        ExternalDevice {
+            ifname: ifname.to_string(),
+            acceleration,
+        }
+    }
+
+    fn hooks(&self, xdp: bool) -> impl Iterator<Item = Attachment> + '_ {
+        let xdp = xdp.then_some(Hook::Xdp);
+        [Hook::FromNetdev, Hook::ToNetdev]
+            .into_iter()
+            .chain(xdp)
+            .map(|hook| Attachment {
+                ifname: self.ifname.clone(),
+                hook,
+            })
+    }
+}
+
+/// The external device carries `from_netdev` and `to_netdev`, and `xdp_entry` when
+/// acceleration is on; every endpoint's host-side veth carries `from_container` on ingress and
+/// `to_container` on egress.
+pub fn desired_attachments(
+    external: &ExternalDevice,
+    endpoints: &[Endpoint],
+) -> BTreeSet<Attachment> {
     let veths = endpoints.iter().flat_map(|ep| {
         [Hook::FromContainer, Hook::ToContainer].map(|hook| Attachment {
             ifname: ep.host_ifname.clone(),
             hook,
         })
     });
-    external.into_iter().chain(veths).collect()
+    external
+        .hooks(external.acceleration.wants_xdp())
+        .chain(veths)
+        .collect()
+}
+
+/// What the node cannot run without: a best-effort XDP program that the device refused is not
+/// among them.
+pub fn required_attachments(external: &ExternalDevice) -> BTreeSet<Attachment> {
+    external
+        .hooks(external.acceleration.requires_xdp())
+        .collect()
 }
 
 pub fn attachment_changes(
@@ -76,9 +116,13 @@ mod tests {
         }
     }
 
+    fn eth0(acceleration: Acceleration) -> ExternalDevice {
+        ExternalDevice::new("eth0", acceleration)
+    }
+
     #[test]
     fn each_endpoint_gets_both_veth_programs_and_the_device_all_three() {
-        let d = desired_attachments("eth0", &[ep("a"), ep("b")]);
+        let d = desired_attachments(&eth0(Acceleration::Native), &[ep("a"), ep("b")]);
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![
@@ -94,9 +138,30 @@ mod tests {
     }
 
     #[test]
+    fn xdp_is_wanted_only_with_acceleration_and_required_only_when_native() {
+        let hooks = |set: BTreeSet<Attachment>| set.into_iter().map(|a| a.hook).collect::<Vec<_>>();
+        let off = eth0(Acceleration::Disabled);
+        assert_eq!(
+            hooks(desired_attachments(&off, &[])),
+            [Hook::FromNetdev, Hook::ToNetdev]
+        );
+        assert_eq!(
+            hooks(required_attachments(&off)),
+            [Hook::FromNetdev, Hook::ToNetdev]
+        );
+        let best = eth0(Acceleration::BestEffort);
+        assert!(desired_attachments(&best, &[]).contains(&att("eth0", Hook::Xdp)));
+        assert!(!required_attachments(&best).contains(&att("eth0", Hook::Xdp)));
+        assert!(
+            required_attachments(&eth0(Acceleration::Native)).contains(&att("eth0", Hook::Xdp))
+        );
+    }
+
+    #[test]
     fn changes_touch_only_what_differs() {
-        let current = desired_attachments("eth0", &[ep("a"), ep("b")]);
-        let desired = desired_attachments("eth0", &[ep("b"), ep("c")]);
+        let dev = eth0(Acceleration::Disabled);
+        let current = desired_attachments(&dev, &[ep("a"), ep("b")]);
+        let desired = desired_attachments(&dev, &[ep("b"), ep("c")]);
         let changes = attachment_changes(&desired, &current);
         assert_eq!(
             changes.attach,

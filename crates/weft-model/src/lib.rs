@@ -12,5 +12,5 @@ pub mod k8s;
 pub mod store;
 
 pub use cidr::{CidrError, Ipv4Cidr};
-pub use config::ClusterConfig;
+pub use config::{Acceleration, ClusterConfig};
 pub use store::{Store, StoreError};
