@@ -7,11 +7,13 @@
 #![no_std]
 
 pub mod config;
+pub mod ct;
 pub mod endpoint;
 pub mod event;
 pub mod geneve;
 pub mod hook;
 pub mod ipcache;
+pub mod lb;
 pub mod metrics;
 pub mod nat;
 pub mod net;
@@ -19,10 +21,12 @@ pub mod node;
 pub mod reason;
 
 pub use config::{CONFIG_TRACE_FLAG, DatapathConfig};
+pub use ct::{CtEntry4, CtKey4};
 pub use endpoint::{EndpointInfo, EndpointKey};
 pub use event::{Event, EventKind};
 pub use hook::Hook;
 pub use ipcache::IpcacheEntry;
+pub use lb::{Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service};
 pub use metrics::{MetricsKey, MetricsValue};
 pub use nat::{NatEntry4, NatKey4};
 pub use node::NodeConfig;
@@ -74,6 +78,14 @@ impl_pod!(
     IpcacheEntry,
     NatKey4,
     NatEntry4,
+    Lb4Key,
+    Lb4Service,
+    Lb4Backend,
+    Lb4RevNat,
+    Lb4AffinityKey,
+    Lb4AffinityEntry,
+    CtKey4,
+    CtEntry4,
 );
 
 #[cfg(test)]
