@@ -43,6 +43,8 @@ pub struct Lb4Service {
     pub _pad: u8,
     /// `sessionAffinity: ClientIP` timeout, when [`SVC_FLAG_AFFINITY`] is set.
     pub affinity_timeout_s: u32,
+    /// Length of the service's table in `weft_lb4_maglev` ([`LB_ALG_MAGLEV`]), else 0.
+    pub maglev_size: u32,
 }
 
 pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
@@ -100,9 +102,65 @@ pub const LB4_BACKENDS_MAX: u32 = 65_536;
 pub const LB4_REVNAT_MAX: u32 = 65_536;
 pub const LB4_AFFINITY_MAX: u32 = 65_536;
 
+/// The hash that picks a flow's Maglev slot: of the tuple as the client sent it, the same on
+/// every node (unlike the kernel's skb hash, which is seeded per boot), so any node that sees
+/// a flow picks the same backend.
+pub const fn flow_hash(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h = 0x9e37_79b9u32;
+    h = mix(h, u32::from_be_bytes(saddr));
+    h = mix(h, u32::from_be_bytes(daddr));
+    h = mix(h, ((sport as u32) << 16) | dport as u32);
+    h = mix(h, proto as u32);
+    finalize(h)
+}
+
+/// One round of MurmurHash3's 32-bit block mixing.
+const fn mix(h: u32, word: u32) -> u32 {
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// MurmurHash3's finalizer: every input bit reaches every output bit.
+const fn finalize(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 const _: () = assert!(core::mem::size_of::<Lb4Key>() == 12);
-const _: () = assert!(core::mem::size_of::<Lb4Service>() == 16);
+const _: () = assert!(core::mem::size_of::<Lb4Service>() == 20);
 const _: () = assert!(core::mem::size_of::<Lb4Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<Lb4RevNat>() == 8);
 const _: () = assert!(core::mem::size_of::<Lb4AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Lb4AffinityEntry>() == 8);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn flow_hash_is_fixed_and_spreads_neighbouring_tuples() {
+        // A fixed value: nodes built at different times must agree.
+        let h = flow_hash([10, 42, 0, 10], [10, 43, 0, 20], 40000, 80, 6);
+        assert_eq!(h, 2_221_808_920);
+        // Consecutive source ports spread over a 7-slot table.
+        let mut slots = [0u32; 7];
+        for sport in 40000..47000u16 {
+            slots[(flow_hash([10, 42, 0, 10], [10, 43, 0, 20], sport, 80, 6) % 7) as usize] += 1;
+        }
+        assert!(slots.iter().all(|&n| (900..1100).contains(&n)), "{slots:?}");
+        assert_ne!(
+            h,
+            flow_hash([10, 42, 0, 10], [10, 43, 0, 20], 40000, 80, 17)
+        );
+    }
+}

@@ -41,9 +41,29 @@ pub mod maps {
     pub const ENDPOINTS: &str = "weft_endpoints";
     pub const IPCACHE4: &str = "weft_ipcache4";
     pub const SNAT4: &str = "weft_snat4";
+    pub const LB4_SERVICES: &str = "weft_lb4_services";
+    pub const LB4_BACKENDS: &str = "weft_lb4_backends";
+    pub const LB4_REVNAT: &str = "weft_lb4_revnat";
+    pub const LB4_AFFINITY: &str = "weft_lb4_affinity";
+    pub const LB4_MAGLEV: &str = "weft_lb4_maglev";
+    pub const CT4: &str = "weft_ct4";
 
     /// Every map of the object; all of them are pinned in the node's pin directory.
-    pub const ALL: [&str; 7] = [EVENTS, METRICS, CONFIG, NODE, ENDPOINTS, IPCACHE4, SNAT4];
+    pub const ALL: [&str; 13] = [
+        EVENTS,
+        METRICS,
+        CONFIG,
+        NODE,
+        ENDPOINTS,
+        IPCACHE4,
+        SNAT4,
+        LB4_SERVICES,
+        LB4_BACKENDS,
+        LB4_REVNAT,
+        LB4_AFFINITY,
+        LB4_MAGLEV,
+        CT4,
+    ];
 }
 
 /// Names of the programs in the BPF object.

@@ -51,6 +51,9 @@ reasons! {
     NatFailed = 17 => "NAT rewrite failed",
     UnknownEndpoint = 18 => "no such local endpoint",
     RedirectFailed = 19 => "redirect failed",
+    NoServiceBackend = 20 => "no service backend",
+    ConntrackFailed = 21 => "conntrack update failed",
+    BackendMissing = 22 => "service backend missing",
 }
 
 impl Reason {

@@ -9,6 +9,7 @@
 pub mod bpffs;
 pub mod events;
 pub mod fake;
+pub mod lb_maps;
 pub mod maps;
 pub mod node;
 pub mod object;
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 pub use fake::FakeDatapath;
+pub use lb_maps::LbMaps;
 pub use maps::DatapathMaps;
 pub use node::NodeDatapath;
 use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig};

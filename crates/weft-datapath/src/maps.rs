@@ -205,7 +205,7 @@ fn cidr_of_key(key: &Key<[u8; 4]>) -> anyhow::Result<Ipv4Cidr> {
     Ipv4Cidr::new(Ipv4Addr::from(key.data()), prefix_len).context("weft_ipcache4 key")
 }
 
-fn ignore_absent(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(crate) fn ignore_absent(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(MapError::KeyNotFound) => Ok(()),

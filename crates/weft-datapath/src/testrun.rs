@@ -8,13 +8,14 @@ use aya::{
 };
 
 use crate::{
-    DatapathMaps,
+    DatapathMaps, LbMaps,
     object::{BPF_OBJECT, load_programs},
 };
 
 pub struct TestHarness {
     ebpf: Ebpf,
     pub maps: DatapathMaps,
+    pub lb: LbMaps,
 }
 
 /// What a program did with one packet.
@@ -34,7 +35,8 @@ impl TestHarness {
             .context("loading the BPF object")?;
         load_programs(&mut ebpf)?;
         let maps = DatapathMaps::take_from(&mut ebpf)?;
-        Ok(TestHarness { ebpf, maps })
+        let lb = LbMaps::take_from(&mut ebpf)?;
+        Ok(TestHarness { ebpf, maps, lb })
     }
 
     /// Runs `program` once on `packet`.

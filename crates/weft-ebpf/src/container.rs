@@ -10,7 +10,7 @@ use weft_common::{
 };
 
 use crate::{
-    arp, geneve, lookup, observe,
+    arp, geneve, lb, lookup, observe,
     parse::{self, Headers},
     skb,
     verdict::{StageResult, Verdict, settle},
@@ -37,15 +37,24 @@ pub fn to_container(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let verdict = match parse::headers(ctx, h) {
-        Ok(()) => Verdict::pass(),
+        Ok(()) => settle(reverse_nat(ctx, h)),
         Err(reason) => Verdict::drop(reason),
     };
     observe::account(ctx, Hook::ToContainer, h, &verdict);
     verdict.action
 }
 
+/// Replies of load-balanced flows the stack delivers get their frontend back.
 #[inline(always)]
-fn route(ctx: &TcContext, h: &Headers) -> StageResult {
+fn reverse_nat(ctx: &TcContext, h: &mut Headers) -> StageResult {
+    if lookup::node().is_some() && h.is_ipv4() {
+        lb::reverse_to_client(ctx, h)?;
+    }
+    Ok(Verdict::pass())
+}
+
+#[inline(always)]
+fn route(ctx: &TcContext, h: &mut Headers) -> StageResult {
     let Some(node) = lookup::node() else {
         return Ok(Verdict::pass());
     };
@@ -57,10 +66,17 @@ fn route(ctx: &TcContext, h: &Headers) -> StageResult {
     }
 }
 
+/// A pod's IPv4 packet: to a service it goes to the flow's backend; a reply of a flow this node
+/// balanced gets its frontend back; then it is routed by its (new) destination.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> StageResult {
+fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     let src = lookup::source_endpoint(ctx, h.src_v4(), h.src_mac)?;
     let identity = src.identity;
+    if let Some(fe) = lb::frontend(h) {
+        lb::to_backend(ctx, h, &fe)?;
+    } else {
+        lb::reverse_to_client(ctx, h)?;
+    }
     if let Some(dst) = lookup::endpoint(h.dst_v4()) {
         skb::decrement_ttl(ctx, h.ttl)?;
         return Ok(skb::deliver_to(ctx, &dst)?.with_identity(identity));

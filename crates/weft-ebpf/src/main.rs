@@ -5,8 +5,10 @@
 
 mod arp;
 mod container;
+mod ct;
 mod events;
 mod geneve;
+mod lb;
 mod lookup;
 mod maps;
 mod metrics;

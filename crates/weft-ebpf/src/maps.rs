@@ -3,12 +3,19 @@
 //! agent and the CLI share one instance, and a test harness gets private ones.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::{Array as BtfArray, HashOfMaps},
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use weft_common::{
-    DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, MetricsKey, MetricsValue, NatEntry4,
-    NatKey4, NodeConfig, endpoint::ENDPOINTS_MAX, ipcache::IPCACHE_MAX, nat::SNAT_MAX,
+    CtEntry4, CtKey4, DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, Lb4AffinityEntry,
+    Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, MetricsKey, MetricsValue, NatEntry4,
+    NatKey4, NodeConfig,
+    ct::CT4_MAX,
+    endpoint::ENDPOINTS_MAX,
+    ipcache::IPCACHE_MAX,
+    lb::{LB4_AFFINITY_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_SERVICES_MAX},
+    nat::SNAT_MAX,
 };
 
 /// Drop and trace events for `weft observe`.
@@ -46,3 +53,34 @@ pub static SNAT4: LruHashMap<NatKey4, NatEntry4> = LruHashMap::with_max_entries(
 #[map(name = "weft_scratch")]
 pub static SCRATCH: PerCpuArray<crate::parse::Headers> =
     PerCpuArray::with_max_entries(weft_common::Hook::SLOTS, 0);
+
+/// Service frontends (slot 0) and their active backends (slots 1..=count).
+#[map(name = "weft_lb4_services")]
+pub static LB4_SERVICES: HashMap<Lb4Key, Lb4Service> =
+    HashMap::with_max_entries(LB4_SERVICES_MAX, 0);
+
+/// Backends by id.
+#[map(name = "weft_lb4_backends")]
+pub static LB4_BACKENDS: HashMap<u32, Lb4Backend> = HashMap::with_max_entries(LB4_BACKENDS_MAX, 0);
+
+/// The frontend of each service id, for replies.
+#[map(name = "weft_lb4_revnat")]
+pub static LB4_REVNAT: Array<Lb4RevNat> = Array::with_max_entries(LB4_REVNAT_MAX, 0);
+
+/// `sessionAffinity: ClientIP`: the backend each client of a service was last given.
+#[map(name = "weft_lb4_affinity")]
+pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, Lb4AffinityEntry> =
+    LruHashMap::with_max_entries(LB4_AFFINITY_MAX, 0);
+
+/// Load-balanced flows, two entries each (see `weft_common::ct`).
+#[map(name = "weft_ct4")]
+pub static CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::with_max_entries(CT4_MAX, 0);
+
+/// One Maglev lookup table per service (key: service id), each an array of backend ids whose
+/// length is the cluster's `maglev.tableSize`. `BPF_F_INNER_MAP` lets the agent size the inner
+/// arrays at run time instead of at build time.
+#[btf_map(name = "weft_lb4_maglev")]
+pub static LB4_MAGLEV: HashOfMaps<u32, BtfArray<u32, 16381, { BPF_F_INNER_MAP }>, 65536> =
+    HashOfMaps::new();
+
+const BPF_F_INNER_MAP: usize = 0x1000;

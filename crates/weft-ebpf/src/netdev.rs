@@ -13,7 +13,7 @@ use aya_ebpf::{
 use weft_common::{Hook, NodeConfig, Reason, ipcache::identity, net::TC_ACT_OK};
 
 use crate::{
-    geneve, lookup, nat, observe,
+    geneve, lb, lookup, nat, observe,
     parse::{self, Headers},
     skb,
     verdict::{StageResult, Verdict, settle},
@@ -73,6 +73,7 @@ fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
         let tunneled = geneve::inspect(ctx, h, node)?;
         let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
         geneve::decap(ctx, &tunneled)?;
+        lb::reverse_to_client(ctx, h)?;
         return Ok(skb::deliver_to(ctx, &ep)?.with_identity(tunneled.identity));
     }
     if let Some(pod) = nat::reverse_snat(ctx, h, node)? {

@@ -304,6 +304,18 @@ impl Headers {
     pub fn is_ipv4(&self) -> bool {
         self.ip_version == 4
     }
+
+    /// After a rewrite of the packet's IPv4 source.
+    #[inline(always)]
+    pub fn set_src_v4(&mut self, addr: [u8; 4]) {
+        self.src_addr[..4].copy_from_slice(&addr);
+    }
+
+    /// After a rewrite of the packet's IPv4 destination.
+    #[inline(always)]
+    pub fn set_dst_v4(&mut self, addr: [u8; 4]) {
+        self.dst_addr[..4].copy_from_slice(&addr);
+    }
 }
 
 /// The hook's scratch `Headers` (per CPU; programs do not nest on one CPU within a hook).
