@@ -21,12 +21,12 @@ use weft_common::{
     lb::{
         BACKEND_FLAG_TERMINATING, LB_ALG_MAGLEV, LB_SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, flow_hash,
     },
-    net::{IPPROTO_TCP, IPPROTO_UDP, TC_ACT_SHOT},
+    net::{IPPROTO_TCP, IPPROTO_UDP},
     node::NODE_MASQUERADE_FLAG,
     programs::{FROM_CONTAINER, TO_CONTAINER},
 };
 use weft_datapath::{running_as_root, testrun::TestHarness};
-use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_SYN};
+use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_SYN, checksum::internet_checksum};
 
 const TC_ACT_REDIRECT: i32 = 7;
 
@@ -373,22 +373,44 @@ fn an_established_flow_keeps_its_backend_and_a_vanished_backend_is_replaced() {
     assert_eq!(ct_entry(&h, &service).map(|e| e.backend_id), Some(2));
 }
 
+/// The ICMP port unreachable the ClusterIP "sends" for `offending` (an Ethernet frame).
+fn port_unreachable_for(offending: &[u8]) -> Vec<u8> {
+    let quote = &offending[14..42];
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quote);
+    let sum = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip.extend_from_slice(&CLUSTER_IP.octets());
+    ip.extend_from_slice(&CLIENT.octets());
+    let sum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = CLIENT_MAC.to_vec();
+    frame.extend_from_slice(&CLIENT_HOST_MAC);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend(ip);
+    frame.extend(icmp);
+    frame
+}
+
 #[test]
-fn a_service_without_backends_drops_with_its_reason() {
-    if !running_as_root("a_service_without_backends_drops_with_its_reason") {
+fn a_service_without_backends_is_refused_with_port_unreachable() {
+    if !running_as_root("a_service_without_backends_is_refused_with_port_unreachable") {
         return;
     }
     let mut h = node_with_service(IPPROTO_TCP, &[]);
-    let out = h
-        .run(FROM_CONTAINER, &to_service(40004, TCP_SYN).build())
-        .expect("run");
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let syn = to_service(40004, TCP_SYN)
+        .payload(b"data beyond the quote")
+        .build();
+    let out = h.run(FROM_CONTAINER, &syn).expect("run");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!(out.packet, port_unreachable_for(&syn));
     let events = h.maps.drain_events();
     assert!(
         events
             .iter()
             .any(|e| Reason::from_u8(e.reason) == Some(Reason::NoServiceBackend)),
-        "no drop event named 'no service backend'"
+        "no event named 'no service backend'"
     );
     assert!(h.lb.ct().expect("ct").is_empty(), "no flow recorded");
 }

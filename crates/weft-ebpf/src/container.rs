@@ -12,7 +12,7 @@ use weft_common::{
 use crate::{
     arp, geneve, lb, lookup, observe,
     parse::{self, Headers},
-    skb,
+    reject, skb,
     verdict::{StageResult, Verdict, settle},
 };
 
@@ -73,7 +73,13 @@ fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     let src = lookup::source_endpoint(ctx, h.src_v4(), h.src_mac)?;
     let identity = src.identity;
     if let Some(fe) = lb::frontend(h) {
-        lb::to_backend(ctx, h, &fe)?;
+        match lb::to_backend(ctx, h, &fe) {
+            Err(Reason::NoServiceBackend) => {
+                let refused = reject::port_unreachable(ctx, Reason::NoServiceBackend)?;
+                return Ok(refused.with_identity(identity));
+            }
+            other => other?,
+        }
     } else {
         lb::reverse_to_client(ctx, h)?;
     }

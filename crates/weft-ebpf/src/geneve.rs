@@ -117,7 +117,7 @@ fn encap_header(
         saddr: node.ipv4,
         daddr: tunnel_endpoint,
     };
-    ip.check = ipv4_checksum(&ip).to_be_bytes();
+    ip.check = skb::ipv4_checksum(&ip).to_be_bytes();
     EncapHdr {
         ip,
         udp: UdpHdr {
@@ -147,19 +147,6 @@ fn encap_header(
 #[inline(always)]
 fn source_port(hash: u32) -> u16 {
     0xC000 | (hash as u16 & 0x3FFF)
-}
-
-#[inline(always)]
-fn ipv4_checksum(ip: &Ipv4Hdr) -> u16 {
-    // SAFETY: Ipv4Hdr is 20 bytes of plain data; read as ten 16-bit words.
-    let words: [[u8; 2]; 10] = unsafe { core::mem::transmute(*ip) };
-    let mut sum: u32 = 0;
-    for w in words {
-        sum += u16::from_be_bytes(w) as u32;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// A Geneve packet addressed to this node, as far as decapsulation needs it.

@@ -17,6 +17,7 @@ mod netdev;
 mod observe;
 mod packet;
 mod parse;
+mod reject;
 mod skb;
 mod verdict;
 

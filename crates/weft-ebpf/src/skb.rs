@@ -11,7 +11,10 @@ use weft_common::{
     net::{ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::{parse::EthHdr, verdict::Verdict};
+use crate::{
+    parse::{EthHdr, Ipv4Hdr},
+    verdict::Verdict,
+};
 
 pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
@@ -117,6 +120,12 @@ pub fn rewrite_port(
     store(ctx, field_off, &new.to_be_bytes(), Reason::NatFailed)
 }
 
+/// Back into the pod whose host veth the packet came in on (tc ingress of that veth).
+#[inline(always)]
+pub fn redirect_back_to_pod(ctx: &TcContext) -> Verdict {
+    redirect_peer(crate::packet::Packet::ifindex(ctx))
+}
+
 #[inline(always)]
 fn redirect_peer(ifindex: u32) -> Verdict {
     // SAFETY: helper without memory arguments.
@@ -135,4 +144,32 @@ pub fn redirect_neigh(ifindex: u32) -> Verdict {
 pub fn redirect_egress(ifindex: u32) -> Verdict {
     // SAFETY: helper without memory arguments.
     Verdict::redirected(unsafe { bpf_redirect(ifindex, 0) })
+}
+
+/// The header checksum of an IPv4 header without options (its `check` field zero).
+#[inline(always)]
+pub fn ipv4_checksum(ip: &Ipv4Hdr) -> u16 {
+    // SAFETY: Ipv4Hdr is 20 bytes of plain data.
+    let bytes: [u8; 20] = unsafe { core::mem::transmute(*ip) };
+    fold(sum_words(&bytes, 0))
+}
+
+/// The one's-complement sum of `bytes` (an even number of them) as 16-bit big-endian words,
+/// added to `sum`.
+#[inline(always)]
+pub fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// The Internet checksum of a running sum.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }

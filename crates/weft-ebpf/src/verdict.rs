@@ -50,6 +50,14 @@ impl Verdict {
         }
     }
 
+    /// The same action, counted and reported under `reason` (a packet answered in place
+    /// instead of forwarded).
+    #[inline(always)]
+    pub const fn with_reason(mut self, reason: Reason) -> Verdict {
+        self.reason = reason;
+        self
+    }
+
     #[inline(always)]
     pub const fn with_identity(mut self, identity: u32) -> Verdict {
         self.identity = identity;
