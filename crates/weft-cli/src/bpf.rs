@@ -1,4 +1,4 @@
-//! `weft bpf endpoint|ipcache|nat list`: a node's pinned datapath maps as tables, like
+//! `weft bpf endpoint|ipcache|nat|lb|ct list`: a node's pinned datapath maps as tables, like
 //! `cilium bpf ... list`.
 
 use std::{net::Ipv4Addr, process::ExitCode};
@@ -10,11 +10,14 @@ use weft_common::{
     EndpointInfo, EndpointKey, IpcacheEntry, NatEntry4, NatKey4, ipcache::identity,
     nat::NAT_DIR_INGRESS, net::l4_proto_name,
 };
-use weft_datapath::DatapathMaps;
+use weft_datapath::{DatapathMaps, LbMaps};
 use weft_lab::{NodeSpec, netns::run_in, topology::format_mac};
 use weft_model::Ipv4Cidr;
 
-use crate::nodes::{NodeArgs, Output, select_nodes, table};
+use crate::{
+    bpf_lb,
+    nodes::{NodeArgs, Output, select_nodes, table},
+};
 
 #[derive(Subcommand)]
 pub enum BpfCommand {
@@ -33,6 +36,16 @@ pub enum BpfCommand {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// Service frontends and their backends (`weft_lb4_services`, `weft_lb4_backends`).
+    Lb {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Load-balanced flows (`weft_ct4`).
+    Ct {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,17 +59,31 @@ pub fn run(command: BpfCommand) -> anyhow::Result<ExitCode> {
         BpfCommand::Endpoint { command } => (Map::Endpoint, command),
         BpfCommand::Ipcache { command } => (Map::Ipcache, command),
         BpfCommand::Nat { command } => (Map::Nat, command),
+        BpfCommand::Lb { command } => (Map::Lb, command),
+        BpfCommand::Ct { command } => (Map::Ct, command),
     };
     let topology = weft_lab::load(&args.lab)?;
     let nodes = select_nodes(&topology, args.node.as_deref())?;
     let mut json = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let maps = DatapathMaps::from_pins(&node.pin_dir)
-            .with_context(|| format!("opening the datapath maps of node {}", node.name))?;
+        let open_error = || format!("opening the datapath maps of node {}", node.name);
+        let maps = DatapathMaps::from_pins(&node.pin_dir).with_context(open_error)?;
         let (headers, rows, values) = match map {
             Map::Endpoint => listing(ENDPOINT_HEADERS, endpoint_rows(node, &maps)?),
             Map::Ipcache => listing(IPCACHE_HEADERS, ipcache_rows(&node.name, &maps)?),
             Map::Nat => listing(NAT_HEADERS, nat_rows(&node.name, &maps)?),
+            Map::Lb => {
+                let lb = LbMaps::from_pins(&node.pin_dir).with_context(open_error)?;
+                listing(bpf_lb::LB_HEADERS, bpf_lb::lb_rows_of(&node.name, &lb)?)
+            }
+            Map::Ct => {
+                let lb = LbMaps::from_pins(&node.pin_dir).with_context(open_error)?;
+                let now_s = monotonic_ns().map_or(0, |ns| (ns / 1_000_000_000) as u32);
+                listing(
+                    bpf_lb::CT_HEADERS,
+                    bpf_lb::ct_rows_of(&node.name, &lb, now_s)?,
+                )
+            }
         };
         match args.output {
             Output::Json => json.extend(values?),
@@ -85,10 +112,12 @@ enum Map {
     Endpoint,
     Ipcache,
     Nat,
+    Lb,
+    Ct,
 }
 
 /// A row type's table cells.
-trait Row: Serialize {
+pub(crate) trait Row: Serialize {
     fn cells(&self) -> Vec<String>;
 }
 

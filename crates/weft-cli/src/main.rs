@@ -1,6 +1,7 @@
 //! `weft`: the command line of the Weft datapath and its netns lab.
 
 mod bpf;
+mod bpf_lb;
 mod lab;
 mod nodes;
 mod observe;
