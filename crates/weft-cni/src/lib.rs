@@ -11,7 +11,7 @@ pub mod env;
 pub mod error;
 pub mod host;
 mod plugin;
-mod sha256;
+pub mod sha256;
 
 pub use agent::{Agent, AgentError, SocketAgent};
 pub use error::{CniError, code};

@@ -1,5 +1,6 @@
 //! SHA-256 (FIPS 180-4), enough to name host-side veths the way Cilium does without pulling a
-//! crypto crate into the plugin.
+//! crypto crate into the plugin (the lab also uses it for the digests of the OCI images it
+//! builds).
 
 const K: [u32; 64] = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,

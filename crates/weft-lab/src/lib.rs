@@ -7,12 +7,14 @@
 //! bpffs and cgroup2).
 
 pub mod apply;
+pub mod containerd;
 pub mod datapath;
 pub mod exec;
 mod host;
 mod ip;
 pub mod lifecycle;
 pub mod netns;
+pub mod oci;
 pub mod runtime;
 pub mod selftest;
 pub mod spec;

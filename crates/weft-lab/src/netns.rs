@@ -1,7 +1,10 @@
 //! Entering the lab's network namespaces with `setns` (never `ip netns exec`, which remounts
 //! /sys in its own mount namespace and so hides bpffs and cgroup2).
 
-use std::{fs::File, path::PathBuf};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use nix::sched::{CloneFlags, setns};
@@ -27,7 +30,24 @@ where
     F: FnOnce() -> R + Send,
     R: Send,
 {
-    let ns = open(netns)?;
+    run_in_file(netns, open(netns)?, f)
+}
+
+/// [`run_in`] for a namespace given by path, such as a process's `/proc/<pid>/ns/net`.
+pub fn run_in_path<F, R>(path: &Path, f: F) -> anyhow::Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let ns = File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+    run_in_file(&path.display().to_string(), ns, f)
+}
+
+fn run_in_file<F, R>(netns: &str, ns: File, f: F) -> anyhow::Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
             .name(format!("netns {netns}"))

@@ -96,7 +96,7 @@ fn pods_dir(lab: &str) -> PathBuf {
 }
 
 /// Opens `path` for a process's stdout and stderr (appending).
-fn log_file(path: &Path) -> anyhow::Result<(File, File)> {
+pub(crate) fn log_file(path: &Path) -> anyhow::Result<(File, File)> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -293,9 +293,16 @@ fn write_record(lab: &str, record: &PodRecord) -> anyhow::Result<()> {
 
 /// The network configuration the lab hands the plugin on stdin.
 pub fn cni_config(lab: &str, node: &str) -> serde_json::Value {
+    let mut config = cni_plugin(lab, node);
+    config["cniVersion"] = "1.1.0".into();
+    config["name"] = "weft".into();
+    config
+}
+
+/// The plugin's own part of a network configuration: its type and the node's agent socket (also
+/// an entry of a conflist's `plugins`).
+pub fn cni_plugin(lab: &str, node: &str) -> serde_json::Value {
     serde_json::json!({
-        "cniVersion": "1.1.0",
-        "name": "weft",
         "type": "weft-cni",
         "agentSocket": agent_socket(lab, node).display().to_string(),
     })

@@ -65,6 +65,44 @@ pub fn tcp_echo(
     })
 }
 
+/// A TCP round trip from `client_netns` to an echo server that runs elsewhere (in a container,
+/// say): connects, retrying while nothing listens yet, sends `payload` and expects it back.
+pub fn tcp_round_trip(
+    client_netns: &str,
+    server: SocketAddrV4,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut stream = loop {
+        match run_in(client_netns, || {
+            TcpStream::connect_timeout(&server.into(), TIMEOUT)
+        })? {
+            Ok(stream) => break stream,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("connecting from {client_netns} to {server}"));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(payload).context("client write")?;
+    let mut back = vec![0u8; payload.len()];
+    stream
+        .read_exact(&mut back)
+        .with_context(|| format!("reading the echo from {server}"))?;
+    ensure!(
+        back == payload,
+        "the echo from {server} differs from what was sent"
+    );
+    Ok(())
+}
+
 fn accept_with_timeout(
     listener: &TcpListener,
 ) -> anyhow::Result<(TcpStream, std::net::SocketAddr)> {
