@@ -6,6 +6,7 @@
 use aya_ebpf::programs::TcContext;
 use weft_common::{
     Hook, NodeConfig, Reason,
+    ipcache::identity,
     net::{ETH_P_ARP, ETH_P_IP, TC_ACT_OK},
 };
 
@@ -87,10 +88,25 @@ fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
         skb::decrement_ttl(ctx, h.ttl)?;
         return Ok(skb::deliver_to(ctx, &dst)?.with_identity(identity));
     }
-    if let Some(remote) = lookup::ipcache(h.dst_v4()).filter(|e| e.has_tunnel()) {
+    if let Some(tunnel_endpoint) = tunnel_endpoint(h.dst_v4()) {
         skb::decrement_ttl(ctx, h.ttl)?;
-        geneve::encap(ctx, node, remote.tunnel_endpoint, identity)?;
+        geneve::encap(ctx, node, tunnel_endpoint, identity)?;
         return Ok(skb::redirect_neigh(node.external_ifindex).with_identity(identity));
     }
     Ok(Verdict::pass().with_identity(identity))
+}
+
+/// The node a pod's packet to `dst` tunnels to: the node of a remote pod, or the remote node
+/// itself (pods reach other nodes through the tunnel, so the node sees the pod's own address,
+/// and its reply, routed to the pod's CIDR, comes back the same way).
+#[inline(always)]
+fn tunnel_endpoint(dst: [u8; 4]) -> Option<[u8; 4]> {
+    let entry = lookup::ipcache(dst)?;
+    if entry.has_tunnel() {
+        Some(entry.tunnel_endpoint)
+    } else if entry.identity == identity::REMOTE_NODE {
+        Some(dst)
+    } else {
+        None
+    }
 }

@@ -71,6 +71,11 @@ fn on_netdev(
 fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     if geneve::is_geneve_to(h, node) {
         let tunneled = geneve::inspect(ctx, h, node)?;
+        if h.dst_v4() == node.ipv4 {
+            // A pod of another node talking to this node: up the node's stack.
+            geneve::decap(ctx, &tunneled)?;
+            return Ok(Verdict::pass().with_identity(tunneled.identity));
+        }
         let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
         geneve::decap(ctx, &tunneled)?;
         lb::reverse_to_client(ctx, h)?;

@@ -149,6 +149,21 @@ fn pods_get_networked_by_the_cni_plugin_and_routed_by_the_datapath() {
             .unwrap_or_else(|e| panic!("icmp {} -> {}: {e:#}", from.name, to.name));
     }
 
+    // A node and a pod of another node, both ways, through the tunnel, without masquerade.
+    let node2 = cluster.lab.node("vps2").expect("vps2");
+    let peer = traffic::tcp_echo(
+        &node2.netns,
+        &a.netns,
+        SocketAddrV4::new(ip_a, 8083),
+        b"node",
+    )
+    .expect("node vps2 -> pod a");
+    assert_eq!(peer_ip(peer), std::net::IpAddr::V4(node2.underlay_ip));
+    let node2_server = SocketAddrV4::new(node2.underlay_ip, 8084);
+    let peer = traffic::tcp_echo(&a.netns, &node2.netns, node2_server, b"pod")
+        .expect("pod a -> node vps2");
+    assert_eq!(peer_ip(peer), std::net::IpAddr::V4(ip_a));
+
     // `weft lab exec` finds pods the lab runs by name.
     let argv = ["ip", "-o", "-4", "addr", "show", "dev", "eth0"].map(String::from);
     let out = weft_lab::exec::command_in(&cluster.lab, "default/a", &argv)
