@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::Ipv4Cidr;
+use crate::{Ipv4Cidr, maglev::MAGLEV_TABLE_SIZES};
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -11,6 +11,9 @@ pub struct ClusterConfig {
     pub ipam: IpamConfig,
     pub bpf: BpfConfig,
     pub load_balancer: LoadBalancerConfig,
+    pub maglev: MaglevConfig,
+    #[serde(rename = "socketLB")]
+    pub socket_lb: SocketLbConfig,
     /// ClusterIP range (K3s default).
     #[serde(rename = "serviceCIDR")]
     pub service_cidr: Ipv4Cidr,
@@ -33,6 +36,88 @@ impl Default for BpfConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LoadBalancerConfig {
     pub acceleration: Acceleration,
+    pub algorithm: LbAlgorithm,
+}
+
+/// How a service picks the backend of a new flow (`loadBalancer.algorithm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbAlgorithm {
+    /// A random active backend per new flow (Cilium's default).
+    #[default]
+    Random,
+    /// The service's Maglev table, indexed by the flow's hash: every node picks the same
+    /// backend for the same flow, and a backend change moves few flows.
+    Maglev,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MaglevConfig {
+    /// Slots of each service's Maglev table (`maglev.tableSize`).
+    pub table_size: MaglevTableSize,
+    /// Seed of every Maglev hash (`maglev.hashSeed`): the same on every node, so that every
+    /// node builds the same tables.
+    pub hash_seed: String,
+}
+
+/// Seed of the Maglev hashes when `values.yaml` names none.
+pub const DEFAULT_MAGLEV_HASH_SEED: &str = "weft-maglev-seed";
+
+impl Default for MaglevConfig {
+    fn default() -> Self {
+        MaglevConfig {
+            table_size: MaglevTableSize::default(),
+            hash_seed: DEFAULT_MAGLEV_HASH_SEED.to_string(),
+        }
+    }
+}
+
+/// A Maglev table size: one of [`MAGLEV_TABLE_SIZES`] (primes, as the permutation needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct MaglevTableSize(u32);
+
+impl MaglevTableSize {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for MaglevTableSize {
+    fn default() -> Self {
+        MaglevTableSize(16_381)
+    }
+}
+
+impl TryFrom<u64> for MaglevTableSize {
+    type Error = String;
+
+    fn try_from(size: u64) -> Result<Self, String> {
+        MAGLEV_TABLE_SIZES
+            .iter()
+            .find(|&&m| u64::from(m) == size)
+            .map(|&m| MaglevTableSize(m))
+            .ok_or_else(|| format!("maglev.tableSize {size} is not one of {MAGLEV_TABLE_SIZES:?}"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SocketLbConfig {
+    /// Translate ClusterIP connections at `connect()`/`sendmsg()` (`socketLB.enabled`).
+    pub enabled: bool,
+    /// Only for the host's own sockets, not pods' (`socketLB.hostNamespaceOnly`).
+    pub host_namespace_only: bool,
+}
+
+impl Default for SocketLbConfig {
+    fn default() -> Self {
+        SocketLbConfig {
+            enabled: true,
+            host_namespace_only: false,
+        }
+    }
 }
 
 /// Whether `xdp_entry` runs on the external device (`loadBalancer.acceleration`). Off by
@@ -98,6 +183,8 @@ impl Default for ClusterConfig {
             ipam: IpamConfig::default(),
             bpf: BpfConfig::default(),
             load_balancer: LoadBalancerConfig::default(),
+            maglev: MaglevConfig::default(),
+            socket_lb: SocketLbConfig::default(),
             service_cidr: Ipv4Cidr::new([10, 43, 0, 0].into(), 16).expect("valid constant"),
         }
     }
@@ -177,6 +264,62 @@ mod tests {
         assert!(!best.load_balancer.acceleration.requires_xdp());
         let err = ClusterConfig::from_yaml("loadBalancer: {acceleration: turbo}").unwrap_err();
         assert!(err.to_string().contains("turbo"), "{err}");
+    }
+
+    #[test]
+    fn load_balancing_keys_default_as_in_cilium() {
+        let c = ClusterConfig::from_yaml("").unwrap();
+        assert_eq!(c.load_balancer.algorithm, LbAlgorithm::Random);
+        assert_eq!(c.maglev.table_size.get(), 16_381);
+        assert_eq!(c.maglev.hash_seed, DEFAULT_MAGLEV_HASH_SEED);
+        assert!(c.socket_lb.enabled);
+        assert!(!c.socket_lb.host_namespace_only);
+    }
+
+    #[test]
+    fn load_balancing_keys_are_read() {
+        let c = ClusterConfig::from_yaml(
+            "loadBalancer: {algorithm: maglev, acceleration: native}
+\
+             maglev: {tableSize: 65521, hashSeed: JLfvgnHc2kaSUFaI}
+\
+             socketLB: {enabled: false, hostNamespaceOnly: true}
+",
+        )
+        .unwrap();
+        assert_eq!(c.load_balancer.algorithm, LbAlgorithm::Maglev);
+        assert_eq!(c.load_balancer.acceleration, Acceleration::Native);
+        assert_eq!(c.maglev.table_size.get(), 65_521);
+        assert_eq!(c.maglev.hash_seed, "JLfvgnHc2kaSUFaI");
+        assert!(!c.socket_lb.enabled);
+        assert!(c.socket_lb.host_namespace_only);
+        for size in MAGLEV_TABLE_SIZES {
+            let c = ClusterConfig::from_yaml(&format!("maglev: {{tableSize: {size}}}")).unwrap();
+            assert_eq!(c.maglev.table_size.get(), size);
+        }
+    }
+
+    #[test]
+    fn only_the_listed_primes_are_table_sizes() {
+        for bad in ["16383", "16380", "0", "-1", "131072", "65537"] {
+            let err = ClusterConfig::from_yaml(&format!("maglev: {{tableSize: {bad}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("tableSize") || err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+        let err = ClusterConfig::from_yaml("maglev: {tableSize: 16383}").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("maglev.tableSize 16383 is not one of [251, 509,"),
+            "{err}"
+        );
+        let err = ClusterConfig::from_yaml("loadBalancer: {algorithm: round-robin}").unwrap_err();
+        assert!(err.to_string().contains("round-robin"), "{err}");
+        let err = ClusterConfig::from_yaml("socketLB: {enable: true}").unwrap_err();
+        assert!(err.to_string().contains("enable"), "{err}");
     }
 
     #[test]

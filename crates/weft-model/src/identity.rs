@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use weft_common::ipcache::identity::{FIRST_POD, MAX};
 
+use crate::hash::Fnv1a;
+
 /// The identity of a pod of `namespace` with `labels`, in `[FIRST_POD, MAX]`.
 pub fn pod_identity(namespace: &str, labels: &BTreeMap<String, String>) -> u32 {
     let mut hash = Fnv1a::new();
@@ -25,32 +27,6 @@ pub fn pod_identity(namespace: &str, labels: &BTreeMap<String, String>) -> u32 {
     let span = u64::from(MAX - FIRST_POD + 1);
     let offset = u32::try_from(hash.finish() % span).unwrap_or(0);
     FIRST_POD + offset
-}
-
-/// FNV-1a, 64 bits: simple, stable across versions and platforms (unlike std's hasher).
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Fnv1a {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// A length-prefixed field, so that ("ab", "c") and ("a", "bc") hash differently.
-    fn field(&mut self, bytes: &[u8]) {
-        self.bytes(&(bytes.len() as u64).to_le_bytes());
-        self.bytes(bytes);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[cfg(test)]

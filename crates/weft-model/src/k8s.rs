@@ -1,5 +1,6 @@
 //! The Kubernetes objects the agent reads, and Weft's own resources (`WeftNode`,
-//! `WeftEndpoint`), parsed from YAML manifests (several documents per file allowed).
+//! `WeftEndpoint`), parsed from YAML manifests (several documents per file allowed). Services
+//! and EndpointSlices are in [`service`].
 //!
 //! Only the fields Weft uses are read; other fields of a Kubernetes object are ignored, as a
 //! real object carries many. An unknown `kind` is an error: a manifest Weft cannot act on
@@ -11,8 +12,18 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::Ipv4Cidr;
 
+pub mod service;
+
+use service::port;
+pub use service::{
+    ClusterIp, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, SliceEndpoint,
+    TargetPort,
+};
+
 /// API group and version of Weft's resources.
 pub const WEFT_API_VERSION: &str = "weft.io/v1alpha1";
+/// API group and version of EndpointSlices.
+pub const DISCOVERY_API_VERSION: &str = "discovery.k8s.io/v1";
 /// Namespace of a namespaced object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -55,6 +66,20 @@ pub struct Container {
     pub command: Vec<String>,
     #[serde(default)]
     pub args: Vec<String>,
+    /// What a Service's `targetPort` may name.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "port")]
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -112,6 +137,8 @@ pub enum Object {
     Node(Node),
     WeftNode(WeftNode),
     WeftEndpoint(WeftEndpoint),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
 }
 
 impl Object {
@@ -122,6 +149,8 @@ impl Object {
             Object::Node(_) => "Node",
             Object::WeftNode(_) => "WeftNode",
             Object::WeftEndpoint(_) => "WeftEndpoint",
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
         }
     }
 }
@@ -199,6 +228,14 @@ fn object_of(value: serde_norway::Value, at: Position) -> Result<Object, Manifes
         ("v1", "Pod") => typed(value, at, &kind).map(Object::Pod),
         ("v1", "Namespace") => typed(value, at, &kind).map(Object::Namespace),
         ("v1", "Node") => typed(value, at, &kind).map(Object::Node),
+        ("v1", "Service") => typed(value, at, &kind).map(Object::Service),
+        (DISCOVERY_API_VERSION, "EndpointSlice") => {
+            let slice: EndpointSlice = typed(value, at.clone(), &kind)?;
+            match slice.check() {
+                Ok(()) => Ok(Object::EndpointSlice(slice)),
+                Err(msg) => Err(ManifestError::Invalid { at, kind, msg }),
+            }
+        }
         (WEFT_API_VERSION, "WeftNode") => typed(value, at, &kind).map(Object::WeftNode),
         (WEFT_API_VERSION, "WeftEndpoint") => typed(value, at, &kind).map(Object::WeftEndpoint),
         _ => Err(ManifestError::UnknownKind {
@@ -251,6 +288,27 @@ impl WeftEndpoint {
     }
 }
 
+impl Service {
+    /// The manifest of the Service as parsed (fields Weft does not read are not in it).
+    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+        serde_norway::to_string(&Manifest {
+            api_version: "v1",
+            kind: "Service",
+            object: self,
+        })
+    }
+}
+
+impl EndpointSlice {
+    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+        serde_norway::to_string(&Manifest {
+            api_version: DISCOVERY_API_VERSION,
+            kind: "EndpointSlice",
+            object: self,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +334,9 @@ spec:
     - name: main
       command: [/bin/httpd]
       args: ["-f", "-p", "80"]
+      ports:
+        - {name: http, containerPort: 80}
+        - {containerPort: 53, protocol: UDP, hostPort: 5353}
 ---
 "#;
 
@@ -290,6 +351,23 @@ spec:
         assert_eq!(pod.metadata.labels["app"], "traefik");
         assert_eq!(pod.spec.node_name.as_deref(), Some("vps1"));
         assert_eq!(pod.spec.containers[0].args, ["-f", "-p", "80"]);
+        let ports = &pod.spec.containers[0].ports;
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].container_port),
+            (Some("http"), 80)
+        );
+        assert_eq!(ports[0].protocol, Protocol::Tcp);
+        assert_eq!(
+            (ports[1].container_port, ports[1].protocol),
+            (53, Protocol::Udp)
+        );
+        let bad = PODS.replace("containerPort: 80", "containerPort: 0");
+        let err = parse_manifest("pods.yaml", &bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("pods.yaml document 2: invalid Pod: port 0 is not in"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,12 +5,17 @@
 pub mod cidr;
 pub mod config;
 pub mod desired;
+pub mod endpointslice;
+mod hash;
 pub mod identity;
 pub mod ipam;
 pub mod ipcache;
 pub mod k8s;
+pub mod lb;
+pub mod maglev;
+pub mod service_ip;
 pub mod store;
 
 pub use cidr::{CidrError, Ipv4Cidr};
-pub use config::{Acceleration, ClusterConfig};
+pub use config::{Acceleration, ClusterConfig, LbAlgorithm};
 pub use store::{Store, StoreError};

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use crate::k8s::{
-    ManifestError, Namespace, Node, Object, Pod, WeftEndpoint, WeftNode, parse_manifest,
+    EndpointSlice, ManifestError, Namespace, Node, Object, Pod, Service, WeftEndpoint, WeftNode,
+    parse_manifest,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,6 +17,10 @@ pub struct Store {
     pub weft_nodes: BTreeMap<String, WeftNode>,
     /// By (namespace, name).
     pub weft_endpoints: BTreeMap<(String, String), WeftEndpoint>,
+    /// By (namespace, name).
+    pub services: BTreeMap<(String, String), Service>,
+    /// By (namespace, name): applied ones and those derived for Services with a selector.
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +72,8 @@ impl Store {
         Ok(())
     }
 
-    fn insert(&mut self, object: Object) {
+    /// Adds or replaces one object.
+    pub fn insert(&mut self, object: Object) {
         match object {
             Object::Pod(p) => {
                 let key = (p.metadata.namespace().to_string(), p.metadata.name.clone());
@@ -86,18 +92,47 @@ impl Store {
                 let key = (e.metadata.namespace().to_string(), e.metadata.name.clone());
                 self.weft_endpoints.insert(key, e);
             }
+            Object::Service(s) => {
+                self.services.insert(namespaced_key(&s.metadata), s);
+            }
+            Object::EndpointSlice(s) => {
+                self.endpoint_slices.insert(namespaced_key(&s.metadata), s);
+            }
         }
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         self.pods.get(&(namespace.to_string(), name.to_string()))
     }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The EndpointSlices of Service `namespace/name` (those labelled with its name), in
+    /// slice-name order.
+    pub fn slices_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.endpoint_slices
+            .values()
+            .filter(move |s| s.metadata.namespace() == namespace && s.service_name() == Some(name))
+    }
+}
+
+fn namespaced_key(metadata: &crate::k8s::ObjectMeta) -> (String, String) {
+    (metadata.namespace().to_string(), metadata.name.clone())
 }
 
 fn object_key(object: &Object) -> String {
     match object {
         Object::Pod(p) => format!("{}/{}", p.metadata.namespace(), p.metadata.name),
         Object::WeftEndpoint(e) => format!("{}/{}", e.metadata.namespace(), e.metadata.name),
+        Object::Service(s) => format!("{}/{}", s.metadata.namespace(), s.metadata.name),
+        Object::EndpointSlice(s) => format!("{}/{}", s.metadata.namespace(), s.metadata.name),
         Object::Namespace(n) => n.metadata.name.clone(),
         Object::Node(n) => n.metadata.name.clone(),
         Object::WeftNode(n) => n.metadata.name.clone(),
@@ -140,6 +175,46 @@ mod tests {
         store.reload([("pod.yaml", POD)]).unwrap();
         assert!(store.weft_nodes.is_empty());
         assert_eq!(store.pods.len(), 1);
+    }
+
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: []
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b, namespace: other, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-a, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+"#;
+
+    #[test]
+    fn services_and_slices_are_kept_by_namespace_and_name() {
+        let store = Store::from_manifests([("svc.yaml", SERVICES)]).unwrap();
+        assert_eq!(store.service("shop", "web").unwrap().spec.ports[0].port, 80);
+        assert_eq!(store.endpoint_slices.len(), 3);
+        let names: Vec<&str> = store
+            .slices_of("shop", "web")
+            .map(|s| s.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["web-a"]);
+        let twice = Store::from_manifests([("a.yaml", SERVICES), ("b.yaml", SERVICES)]);
+        assert_eq!(
+            twice.unwrap_err().to_string(),
+            "Service shop/web is defined twice (in a.yaml and b.yaml)"
+        );
     }
 
     #[test]
