@@ -10,7 +10,7 @@ use weft_common::{
     EndpointInfo, EndpointKey, IpcacheEntry, NatEntry4, NatKey4, ipcache::identity,
     nat::NAT_DIR_INGRESS, net::l4_proto_name,
 };
-use weft_datapath::{DatapathMaps, LbMaps};
+use weft_datapath::{DatapathMaps, LbMaps, monotonic_ns};
 use weft_lab::{NodeSpec, netns::run_in, topology::format_mac};
 use weft_model::Ipv4Cidr;
 
@@ -363,22 +363,6 @@ fn nat_rows(node: &str, maps: &DatapathMaps) -> anyhow::Result<Vec<NatRow>> {
         (a.direction, &a.source, &a.destination).cmp(&(b.direction, &b.source, &b.destination))
     });
     Ok(rows)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if ret != 0 {
-        return None;
-    }
-    let secs = u64::try_from(ts.tv_sec).ok()?;
-    let nanos = u64::try_from(ts.tv_nsec).ok()?;
-    Some(secs * 1_000_000_000 + nanos)
 }
 
 #[cfg(test)]

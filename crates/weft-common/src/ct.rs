@@ -2,8 +2,9 @@
 //! entries: the service entry, keyed by the tuple the client sent (client -> frontend), holds
 //! the backend the flow was given and the flow's state; the reply entry, keyed by the tuple the
 //! backend replies with (backend -> client), holds the service id that turns the reply's source
-//! back into the frontend. Both carry an expiry in monotonic seconds; an expired entry is a
-//! miss for the datapath and garbage for the agent.
+//! back into the frontend. Every packet of the flow, either way, updates both entries alike
+//! (state, expiry, counts), so either one tells the whole flow. An expired entry is a miss for
+//! the datapath and garbage for the agent.
 //!
 //! The state machine is here, shared by the kernel and the agent, and tested without root.
 
@@ -32,14 +33,13 @@ pub struct CtEntry4 {
     /// Monotonic seconds after which the entry is dead.
     pub expires_s: u32,
     pub created_s: u32,
-    /// Service entry: the backend's id. Reply entry: the same, for listing.
     pub backend_id: u32,
     pub rev_nat_index: u16,
     /// `CT_FLAG_*`.
     pub flags: u16,
-    /// Packets client -> service, counted on the service entry.
+    /// Packets client -> service.
     pub packets_forward: u32,
-    /// Packets backend -> client, counted on the reply entry.
+    /// Packets backend -> client.
     pub packets_reply: u32,
 }
 

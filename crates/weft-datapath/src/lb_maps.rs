@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, HashOfMaps, Map, MapData},
@@ -14,7 +14,7 @@ use weft_common::{
     maps as names,
 };
 
-use crate::maps::ignore_absent;
+use crate::maps::{ignore_absent, pinned_map, taken_map};
 
 const BPF_F_INNER_MAP: u32 = 0x1000;
 
@@ -31,20 +31,12 @@ pub struct LbMaps {
 impl LbMaps {
     /// Opens the maps a node's datapath pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> anyhow::Result<LbMaps> {
-        LbMaps::collect(|name| {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
-            Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
-        })
+        LbMaps::collect(|name| pinned_map(pin_dir, name))
     }
 
     /// Takes the maps out of a loaded object (its programs keep their own references).
     pub fn take_from(ebpf: &mut Ebpf) -> anyhow::Result<LbMaps> {
-        LbMaps::collect(|name| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
-        })
+        LbMaps::collect(|name| taken_map(ebpf, name))
     }
 
     fn collect(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<LbMaps> {

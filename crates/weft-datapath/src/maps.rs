@@ -55,22 +55,12 @@ impl RawMaps {
 impl DatapathMaps {
     /// Opens the maps a node's datapath pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> anyhow::Result<DatapathMaps> {
-        let open = |name: &str| -> anyhow::Result<Map> {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
-            Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
-        };
-        DatapathMaps::from_maps(RawMaps::collect(open)?)
+        DatapathMaps::from_maps(RawMaps::collect(|name| pinned_map(pin_dir, name))?)
     }
 
     /// Takes the maps out of a loaded object (its programs keep their own references).
     pub fn take_from(ebpf: &mut Ebpf) -> anyhow::Result<DatapathMaps> {
-        let take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
-        };
-        DatapathMaps::from_maps(RawMaps::collect(take)?)
+        DatapathMaps::from_maps(RawMaps::collect(|name| taken_map(ebpf, name))?)
     }
 
     fn from_maps(raw: RawMaps) -> anyhow::Result<DatapathMaps> {
@@ -192,6 +182,20 @@ impl DatapathMaps {
             .map(|entry| entry.context("reading weft_snat4"))
             .collect()
     }
+}
+
+/// The map `name` pinned in `pin_dir`.
+pub(crate) fn pinned_map(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
+}
+
+/// The map `name` taken out of a loaded object.
+pub(crate) fn taken_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("the BPF object has no map {name}"))
 }
 
 /// The trie key of a prefix: the prefix length and the network address in network order.

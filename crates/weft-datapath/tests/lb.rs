@@ -25,7 +25,7 @@ use weft_common::{
     node::NODE_MASQUERADE_FLAG,
     programs::{FROM_CONTAINER, TO_CONTAINER},
 };
-use weft_datapath::{running_as_root, testrun::TestHarness};
+use weft_datapath::{monotonic_ns, running_as_root, testrun::TestHarness};
 use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_SYN, checksum::internet_checksum};
 
 const TC_ACT_REDIRECT: i32 = 7;
@@ -215,13 +215,7 @@ fn ct_entry(h: &TestHarness, key: &CtKey4) -> Option<CtEntry4> {
 }
 
 fn monotonic_s() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u32
+    (monotonic_ns().expect("CLOCK_MONOTONIC") / 1_000_000_000) as u32
 }
 
 /// The entry's remaining lifetime is `lifetime_s` (give or take the second the run took).

@@ -76,7 +76,7 @@ fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     if let Some(fe) = lb::frontend(h) {
         match lb::to_backend(ctx, h, &fe) {
             Err(Reason::NoServiceBackend) => {
-                let refused = reject::port_unreachable(ctx, Reason::NoServiceBackend)?;
+                let refused = reject::port_unreachable(ctx, h, &src, Reason::NoServiceBackend)?;
                 return Ok(refused.with_identity(identity));
             }
             other => other?,

@@ -95,11 +95,7 @@ pub fn open(
         packets_forward: 1,
         packets_reply: 0,
     };
-    let reply_entry = CtEntry4 {
-        packets_forward: 0,
-        ..entry
-    };
-    CT4.insert(reply, reply_entry, BPF_ANY as u64)
+    CT4.insert(reply, entry, BPF_ANY as u64)
         .map_err(|_| Reason::ConntrackFailed)?;
     CT4.insert(service, entry, BPF_ANY as u64)
         .map_err(|_| Reason::ConntrackFailed)

@@ -105,21 +105,9 @@ fn encap_header(
     hash: u32,
 ) -> EncapHdr {
     let udp_len = (UDP_HLEN + GENEVE_HLEN + GENEVE_OPT_IDENTITY_LEN + frame_len) as u16;
-    let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0,
-        tot_len: (udp_len + IPV4_MIN_HLEN as u16).to_be_bytes(),
-        id: [0; 2],
-        frag_off: [0; 2],
-        ttl: 64,
-        proto: IPPROTO_UDP,
-        check: [0; 2],
-        saddr: node.ipv4,
-        daddr: tunnel_endpoint,
-    };
-    ip.check = skb::ipv4_checksum(&ip).to_be_bytes();
+    let total_len = udp_len + IPV4_MIN_HLEN as u16;
     EncapHdr {
-        ip,
+        ip: skb::ipv4_header(IPPROTO_UDP, node.ipv4, tunnel_endpoint, total_len),
         udp: UdpHdr {
             sport: source_port(hash).to_be_bytes(),
             dport: GENEVE_PORT.to_be_bytes(),

@@ -27,11 +27,16 @@ pub struct Frontend {
     svc: Lb4Service,
 }
 
-/// The service whose frontend the packet is addressed to, if any. Only TCP and UDP are
-/// balanced; a later fragment has no ports to look up.
+/// Only TCP and UDP are balanced; a later fragment has no ports to look up.
+#[inline(always)]
+fn balanced(h: &Headers) -> bool {
+    !h.later_fragment && (h.l4_proto == IPPROTO_TCP || h.l4_proto == IPPROTO_UDP)
+}
+
+/// The service whose frontend the packet is addressed to, if any.
 #[inline(always)]
 pub fn frontend(h: &Headers) -> Option<Frontend> {
-    if h.later_fragment || (h.l4_proto != IPPROTO_TCP && h.l4_proto != IPPROTO_UDP) {
+    if !balanced(h) {
         return None;
     }
     let key = Lb4Key {
@@ -223,7 +228,7 @@ fn dnat(ctx: &TcContext, h: &mut Headers, backend: &Lb4Backend) -> Result<(), Re
 /// again. Returns whether the packet was one.
 #[inline(always)]
 pub fn reverse_to_client(ctx: &TcContext, h: &mut Headers) -> Result<bool, Reason> {
-    if h.later_fragment || (h.l4_proto != IPPROTO_TCP && h.l4_proto != IPPROTO_UDP) {
+    if !balanced(h) {
         return Ok(false);
     }
     let now = ct::now_s();

@@ -146,9 +146,29 @@ pub fn redirect_egress(ifindex: u32) -> Verdict {
     Verdict::redirected(unsafe { bpf_redirect(ifindex, 0) })
 }
 
+/// An IPv4 header without options, as this node originates one (TTL 64, no fragmentation
+/// fields), checksum included.
+#[inline(always)]
+pub fn ipv4_header(proto: u8, saddr: [u8; 4], daddr: [u8; 4], total_len: u16) -> Ipv4Hdr {
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: total_len.to_be_bytes(),
+        id: [0; 2],
+        frag_off: [0; 2],
+        ttl: 64,
+        proto,
+        check: [0; 2],
+        saddr,
+        daddr,
+    };
+    ip.check = ipv4_checksum(&ip).to_be_bytes();
+    ip
+}
+
 /// The header checksum of an IPv4 header without options (its `check` field zero).
 #[inline(always)]
-pub fn ipv4_checksum(ip: &Ipv4Hdr) -> u16 {
+fn ipv4_checksum(ip: &Ipv4Hdr) -> u16 {
     // SAFETY: Ipv4Hdr is 20 bytes of plain data.
     let bytes: [u8; 20] = unsafe { core::mem::transmute(*ip) };
     fold(sum_words(&bytes, 0))
