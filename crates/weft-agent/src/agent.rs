@@ -7,6 +7,7 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, anyhow};
@@ -19,7 +20,7 @@ use weft_common::{
     nat::{SNAT_PORT_MAX, SNAT_PORT_MIN},
     node::NODE_MASQUERADE_FLAG,
 };
-use weft_datapath::{Datapath, reconcile_attachments};
+use weft_datapath::{Datapath, monotonic_ns, reconcile_attachments};
 use weft_model::{
     ClusterConfig, Ipv4Cidr, Store,
     desired::{self, ExternalDevice, required_attachments},
@@ -32,8 +33,10 @@ use weft_model::{
 use crate::{
     claim::claim_node_cidr,
     files::{read_if_present, remove_if_present, write_atomically},
+    gc::{self, GcReport, GcSchedule},
     log,
     net::{NetInfo, format_mac, parse_mac},
+    services::{ServiceMaps, ServiceReport},
     state::{self, AgentState, EndpointState, Registration},
 };
 
@@ -71,6 +74,8 @@ pub struct Agent<D: Datapath> {
     mtu: u32,
     ipam: PodIpam<Attachment>,
     endpoints: BTreeMap<Attachment, EndpointState>,
+    services: ServiceMaps,
+    gc: GcSchedule,
     ready: bool,
 }
 
@@ -83,6 +88,7 @@ pub struct ReconcileReport {
     pub endpoint_deletes: usize,
     pub attached: Vec<String>,
     pub detached: Vec<String>,
+    pub services: ServiceReport,
     pub errors: Vec<String>,
 }
 
@@ -95,6 +101,7 @@ impl ReconcileReport {
             + self.attached.len()
             + self.detached.len()
             > 0
+            || self.services.changed()
     }
 }
 
@@ -161,6 +168,8 @@ impl<D: Datapath> Agent<D> {
             mtu,
             ipam,
             endpoints,
+            services: ServiceMaps::default(),
+            gc: GcSchedule::starting(Instant::now()),
             ready: false,
         };
         agent.publish_weft_node()?;
@@ -184,6 +193,45 @@ impl<D: Datapath> Agent<D> {
 
     pub fn is_ready(&self) -> bool {
         self.ready
+    }
+
+    pub fn services(&self) -> &ServiceMaps {
+        &self.services
+    }
+
+    /// Runs the garbage collector when its interval has passed.
+    pub fn collect_garbage_if_due(&mut self, now: Instant) {
+        if self.gc.due(now) {
+            self.collect_garbage(now);
+        }
+    }
+
+    /// One garbage-collection pass, now.
+    pub fn collect_garbage(&mut self, now: Instant) -> Option<GcReport> {
+        let Some(now_ns) = monotonic_ns() else {
+            log!("gc: the monotonic clock is not readable");
+            return None;
+        };
+        let timeouts = self.services.affinity_timeouts();
+        match gc::collect(&mut self.datapath, now_ns, &timeouts) {
+            Ok(report) => {
+                self.gc.passed(now, &report);
+                log!(
+                    "gc: {} of {} flows, {} affinities, {} masquerade entries deleted; next in {:?}",
+                    report.flows_deleted,
+                    report.flows,
+                    report.affinities_deleted,
+                    report.snat_deleted,
+                    self.gc.interval()
+                );
+                Some(report)
+            }
+            Err(e) => {
+                log!("gc: {e:#}");
+                self.gc.passed(now, &GcReport::default());
+                None
+            }
+        }
     }
 
     fn publish_weft_node(&self) -> anyhow::Result<()> {
@@ -653,6 +701,7 @@ impl<D: Datapath> Agent<D> {
         if let Err(e) = self.reconcile_attachments(&mut report) {
             report.errors.push(format!("attachments: {e:#}"));
         }
+        self.reconcile_services(&mut report);
         if let Err(e) = self.sync_weft_endpoints() {
             report.errors.push(format!("WeftEndpoints: {e:#}"));
         }
@@ -681,6 +730,31 @@ impl<D: Datapath> Agent<D> {
             report.ipcache_puts += 1;
         }
         Ok(())
+    }
+
+    fn reconcile_services(&mut self, report: &mut ReconcileReport) {
+        let result = self.services.reconcile(
+            &mut self.datapath,
+            &self.store,
+            &self.settings.node,
+            &self.settings.cluster,
+        );
+        match result {
+            Ok(services) => {
+                if services.changed() {
+                    log!(
+                        "services: {} frontends; {} entries written, {} deleted, {} Maglev tables written, {} flows purged",
+                        services.frontends,
+                        services.entries_written,
+                        services.entries_deleted,
+                        services.maglev_tables_written,
+                        services.flows_purged
+                    );
+                }
+                report.services = services;
+            }
+            Err(e) => report.errors.push(format!("services: {e:#}")),
+        }
     }
 
     fn reconcile_endpoints(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {

@@ -8,8 +8,10 @@
 pub mod agent;
 pub mod claim;
 pub mod files;
+pub mod gc;
 pub mod net;
 pub mod server;
+pub mod services;
 pub mod source;
 pub mod state;
 

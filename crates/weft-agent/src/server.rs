@@ -113,6 +113,7 @@ pub fn run<D: Datapath>(
             agent.reconcile();
             last_reconcile = Instant::now();
         }
+        agent.collect_garbage_if_due(Instant::now());
         if served == 0 {
             thread::sleep(TICK);
         }

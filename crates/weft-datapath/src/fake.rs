@@ -3,7 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::bail;
-use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, Hook, IpcacheEntry, NodeConfig};
+use weft_common::{
+    CtEntry4, CtKey4, DatapathConfig, EndpointInfo, EndpointKey, Hook, IpcacheEntry,
+    Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, NatEntry4,
+    NatKey4, NodeConfig,
+    lb::{LB4_BACKENDS_MAX, LB4_SERVICES_MAX},
+};
 use weft_model::{Ipv4Cidr, desired::Attachment};
 
 use crate::Datapath;
@@ -19,6 +24,14 @@ pub struct FakeDatapath {
     pub node: NodeConfig,
     pub endpoints: BTreeMap<EndpointKey, EndpointInfo>,
     pub ipcache: BTreeMap<Ipv4Cidr, IpcacheEntry>,
+    pub lb_services: BTreeMap<Lb4Key, Lb4Service>,
+    pub lb_backends: BTreeMap<u32, Lb4Backend>,
+    /// The reverse-NAT array's entries that are not all-zero.
+    pub lb_revnat: BTreeMap<u16, Lb4RevNat>,
+    pub maglev: BTreeMap<u16, Vec<u32>>,
+    pub ct: BTreeMap<CtKey4, CtEntry4>,
+    pub affinity: BTreeMap<Lb4AffinityKey, Lb4AffinityEntry>,
+    pub snat: BTreeMap<NatKey4, NatEntry4>,
     /// Interfaces whose driver has no native XDP: attaching `xdp_entry` to them fails.
     pub without_native_xdp: BTreeSet<String>,
     /// Every call that changed state, in order, for assertions.
@@ -149,6 +162,112 @@ impl Datapath for FakeDatapath {
         }
         Ok(())
     }
+
+    fn lb_services(&self) -> anyhow::Result<BTreeMap<Lb4Key, Lb4Service>> {
+        Ok(self.lb_services.clone())
+    }
+
+    fn put_lb_service(&mut self, key: Lb4Key, value: Lb4Service) -> anyhow::Result<()> {
+        put_bounded(&mut self.lb_services, key, value, LB4_SERVICES_MAX)?;
+        self.log.push(format!("put service {key:?}"));
+        Ok(())
+    }
+
+    fn delete_lb_service(&mut self, key: Lb4Key) -> anyhow::Result<()> {
+        if self.lb_services.remove(&key).is_some() {
+            self.log.push(format!("delete service {key:?}"));
+        }
+        Ok(())
+    }
+
+    fn lb_backends(&self) -> anyhow::Result<BTreeMap<u32, Lb4Backend>> {
+        Ok(self.lb_backends.clone())
+    }
+
+    fn put_lb_backend(&mut self, id: u32, backend: Lb4Backend) -> anyhow::Result<()> {
+        put_bounded(&mut self.lb_backends, id, backend, LB4_BACKENDS_MAX)?;
+        self.log.push(format!("put backend {id}"));
+        Ok(())
+    }
+
+    fn delete_lb_backend(&mut self, id: u32) -> anyhow::Result<()> {
+        if self.lb_backends.remove(&id).is_some() {
+            self.log.push(format!("delete backend {id}"));
+        }
+        Ok(())
+    }
+
+    fn lb_revnat(&self, id: u16) -> anyhow::Result<Lb4RevNat> {
+        Ok(self.lb_revnat.get(&id).copied().unwrap_or_default())
+    }
+
+    fn set_lb_revnat(&mut self, id: u16, entry: Lb4RevNat) -> anyhow::Result<()> {
+        if entry == Lb4RevNat::default() {
+            self.lb_revnat.remove(&id);
+        } else {
+            self.lb_revnat.insert(id, entry);
+        }
+        self.log.push(format!("set revnat {id}"));
+        Ok(())
+    }
+
+    fn maglev_table(&self, id: u16) -> anyhow::Result<Option<Vec<u32>>> {
+        Ok(self.maglev.get(&id).cloned())
+    }
+
+    fn put_maglev_table(&mut self, id: u16, table: &[u32]) -> anyhow::Result<()> {
+        self.maglev.insert(id, table.to_vec());
+        self.log.push(format!("put maglev {id}"));
+        Ok(())
+    }
+
+    fn delete_maglev_table(&mut self, id: u16) -> anyhow::Result<()> {
+        if self.maglev.remove(&id).is_some() {
+            self.log.push(format!("delete maglev {id}"));
+        }
+        Ok(())
+    }
+
+    fn ct_entries(&self) -> anyhow::Result<Vec<(CtKey4, CtEntry4)>> {
+        Ok(self.ct.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn delete_ct(&mut self, key: CtKey4) -> anyhow::Result<()> {
+        self.ct.remove(&key);
+        Ok(())
+    }
+
+    fn affinity_entries(&self) -> anyhow::Result<Vec<(Lb4AffinityKey, Lb4AffinityEntry)>> {
+        Ok(self.affinity.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn delete_affinity(&mut self, key: Lb4AffinityKey) -> anyhow::Result<()> {
+        self.affinity.remove(&key);
+        Ok(())
+    }
+
+    fn snat_entries(&self) -> anyhow::Result<Vec<(NatKey4, NatEntry4)>> {
+        Ok(self.snat.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()> {
+        self.snat.remove(&key);
+        Ok(())
+    }
+}
+
+/// Inserts as a kernel hash map of `max` entries would: a new key fails when it is full.
+fn put_bounded<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    max: u32,
+) -> anyhow::Result<()> {
+    if !map.contains_key(&key) && map.len() >= max as usize {
+        bail!("the map is full ({max} entries)");
+    }
+    map.insert(key, value);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -133,6 +133,12 @@ impl LbMaps {
         })?))
     }
 
+    /// Deleting an absent entry succeeds.
+    pub fn delete_affinity(&mut self, key: Lb4AffinityKey) -> anyhow::Result<()> {
+        ignore_absent(self.affinity.remove(&key))
+            .with_context(|| format!("deleting weft_lb4_affinity[{key:?}]"))
+    }
+
     pub fn affinity(&self) -> anyhow::Result<Vec<(Lb4AffinityKey, Lb4AffinityEntry)>> {
         read_all(self.affinity.iter(), names::LB4_AFFINITY)
     }

@@ -22,7 +22,10 @@ pub use fake::FakeDatapath;
 pub use lb_maps::LbMaps;
 pub use maps::DatapathMaps;
 pub use node::NodeDatapath;
-use weft_common::{DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, NodeConfig};
+use weft_common::{
+    CtEntry4, CtKey4, DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, Lb4AffinityEntry,
+    Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, NatEntry4, NatKey4, NodeConfig,
+};
 use weft_model::{
     Ipv4Cidr,
     desired::{
@@ -56,6 +59,33 @@ pub trait Datapath {
     fn put_ipcache(&mut self, cidr: Ipv4Cidr, entry: IpcacheEntry) -> anyhow::Result<()>;
     /// Deleting an absent prefix succeeds.
     fn delete_ipcache(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()>;
+
+    /// `weft_lb4_services`: service entries and their backend slots.
+    fn lb_services(&self) -> anyhow::Result<BTreeMap<Lb4Key, Lb4Service>>;
+    fn put_lb_service(&mut self, key: Lb4Key, value: Lb4Service) -> anyhow::Result<()>;
+    /// Deleting an absent key succeeds (as for every delete below).
+    fn delete_lb_service(&mut self, key: Lb4Key) -> anyhow::Result<()>;
+    /// `weft_lb4_backends`, by backend id.
+    fn lb_backends(&self) -> anyhow::Result<BTreeMap<u32, Lb4Backend>>;
+    fn put_lb_backend(&mut self, id: u32, backend: Lb4Backend) -> anyhow::Result<()>;
+    fn delete_lb_backend(&mut self, id: u32) -> anyhow::Result<()>;
+    /// `weft_lb4_revnat[id]` (an array: every id has an entry, all-zero when unused).
+    fn lb_revnat(&self, id: u16) -> anyhow::Result<Lb4RevNat>;
+    fn set_lb_revnat(&mut self, id: u16, entry: Lb4RevNat) -> anyhow::Result<()>;
+    /// The Maglev table of service `id`, `None` when it has none.
+    fn maglev_table(&self, id: u16) -> anyhow::Result<Option<Vec<u32>>>;
+    /// Replaces service `id`'s table at once.
+    fn put_maglev_table(&mut self, id: u16, table: &[u32]) -> anyhow::Result<()>;
+    fn delete_maglev_table(&mut self, id: u16) -> anyhow::Result<()>;
+    /// `weft_ct4`.
+    fn ct_entries(&self) -> anyhow::Result<Vec<(CtKey4, CtEntry4)>>;
+    fn delete_ct(&mut self, key: CtKey4) -> anyhow::Result<()>;
+    /// `weft_lb4_affinity`.
+    fn affinity_entries(&self) -> anyhow::Result<Vec<(Lb4AffinityKey, Lb4AffinityEntry)>>;
+    fn delete_affinity(&mut self, key: Lb4AffinityKey) -> anyhow::Result<()>;
+    /// `weft_snat4`.
+    fn snat_entries(&self) -> anyhow::Result<Vec<(NatKey4, NatEntry4)>>;
+    fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()>;
 }
 
 /// What [`reconcile_attachments`] did: the changes made, and the ones that failed.

@@ -175,6 +175,11 @@ impl DatapathMaps {
             .context("writing weft_snat4")
     }
 
+    /// Deleting an absent entry succeeds.
+    pub fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()> {
+        ignore_absent(self.snat.remove(&key)).context("deleting from weft_snat4")
+    }
+
     /// Every masquerade entry, for listing.
     pub fn snat(&self) -> anyhow::Result<Vec<(NatKey4, NatEntry4)>> {
         self.snat

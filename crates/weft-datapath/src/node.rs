@@ -6,7 +6,7 @@
 //! methods from a thread that has entered the node's namespace.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
 };
@@ -21,17 +21,22 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use weft_common::{DatapathConfig, Hook, maps as names};
+use weft_common::{
+    CtEntry4, CtKey4, DatapathConfig, Hook, Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key,
+    Lb4RevNat, Lb4Service, NatEntry4, NatKey4, maps as names,
+};
 use weft_model::desired::Attachment;
 
 use crate::{
-    Datapath, DatapathMaps,
+    Datapath, DatapathMaps, LbMaps,
     object::{AttachKind, BPF_OBJECT, load_programs, program, program_for},
 };
 
 pub struct NodeDatapath {
     pin_dir: PathBuf,
     ebpf: Ebpf,
+    /// Opened once: the agent writes thousands of service entries in one pass.
+    lb: LbMaps,
 }
 
 impl NodeDatapath {
@@ -48,9 +53,11 @@ impl NodeDatapath {
             format!("loading the BPF object with maps in {}", pin_dir.display())
         })?;
         load_programs(&mut ebpf)?;
+        let lb = LbMaps::from_pins(pin_dir)?;
         Ok(NodeDatapath {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,
+            lb,
         })
     }
 
@@ -262,6 +269,74 @@ impl Datapath for NodeDatapath {
 
     fn delete_ipcache(&mut self, cidr: weft_model::Ipv4Cidr) -> anyhow::Result<()> {
         DatapathMaps::from_pins(&self.pin_dir)?.delete_ipcache(cidr)
+    }
+
+    fn lb_services(&self) -> anyhow::Result<BTreeMap<Lb4Key, Lb4Service>> {
+        Ok(self.lb.services()?.into_iter().collect())
+    }
+
+    fn put_lb_service(&mut self, key: Lb4Key, value: Lb4Service) -> anyhow::Result<()> {
+        self.lb.put_service(key, value)
+    }
+
+    fn delete_lb_service(&mut self, key: Lb4Key) -> anyhow::Result<()> {
+        self.lb.delete_service(key)
+    }
+
+    fn lb_backends(&self) -> anyhow::Result<BTreeMap<u32, Lb4Backend>> {
+        Ok(self.lb.backends()?.into_iter().collect())
+    }
+
+    fn put_lb_backend(&mut self, id: u32, backend: Lb4Backend) -> anyhow::Result<()> {
+        self.lb.put_backend(id, backend)
+    }
+
+    fn delete_lb_backend(&mut self, id: u32) -> anyhow::Result<()> {
+        self.lb.delete_backend(id)
+    }
+
+    fn lb_revnat(&self, id: u16) -> anyhow::Result<Lb4RevNat> {
+        self.lb.revnat(id)
+    }
+
+    fn set_lb_revnat(&mut self, id: u16, entry: Lb4RevNat) -> anyhow::Result<()> {
+        self.lb.set_revnat(id, entry)
+    }
+
+    fn maglev_table(&self, id: u16) -> anyhow::Result<Option<Vec<u32>>> {
+        self.lb.maglev(id)
+    }
+
+    fn put_maglev_table(&mut self, id: u16, table: &[u32]) -> anyhow::Result<()> {
+        self.lb.put_maglev(id, table)
+    }
+
+    fn delete_maglev_table(&mut self, id: u16) -> anyhow::Result<()> {
+        self.lb.delete_maglev(id)
+    }
+
+    fn ct_entries(&self) -> anyhow::Result<Vec<(CtKey4, CtEntry4)>> {
+        self.lb.ct()
+    }
+
+    fn delete_ct(&mut self, key: CtKey4) -> anyhow::Result<()> {
+        self.lb.delete_ct(key)
+    }
+
+    fn affinity_entries(&self) -> anyhow::Result<Vec<(Lb4AffinityKey, Lb4AffinityEntry)>> {
+        self.lb.affinity()
+    }
+
+    fn delete_affinity(&mut self, key: Lb4AffinityKey) -> anyhow::Result<()> {
+        self.lb.delete_affinity(key)
+    }
+
+    fn snat_entries(&self) -> anyhow::Result<Vec<(NatKey4, NatEntry4)>> {
+        DatapathMaps::from_pins(&self.pin_dir)?.snat()
+    }
+
+    fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.delete_snat(key)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cidr;
 pub mod config;
+pub mod ct_gc;
 pub mod desired;
 pub mod endpointslice;
 mod hash;
@@ -12,6 +13,7 @@ pub mod ipam;
 pub mod ipcache;
 pub mod k8s;
 pub mod lb;
+pub mod lb_maps;
 pub mod maglev;
 pub mod service_ip;
 pub mod store;

@@ -42,6 +42,16 @@ impl Protocol {
         }
     }
 
+    /// The protocol of an IP protocol number, for the three a Service may name.
+    pub fn from_ip_proto(number: u8) -> Option<Protocol> {
+        match number {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",

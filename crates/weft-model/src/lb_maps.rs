@@ -1,0 +1,346 @@
+//! The contents of the service load-balancer maps as a function of an [`LbState`] and its
+//! [`LbIds`]; the ids read back from those contents (what a restarted agent adopts); and the
+//! ids a change frees, whose conntrack and affinity entries must go before the ids are used
+//! again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use weft_common::{
+    Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service,
+    lb::{
+        BACKEND_FLAG_TERMINATING, LB_ALG_MAGLEV, LB_ALG_RANDOM, LB_SCOPE_EXTERNAL,
+        SVC_FLAG_AFFINITY, SVC_FLAG_LOCAL_ONLY,
+    },
+};
+
+use crate::{
+    LbAlgorithm,
+    k8s::Protocol,
+    lb::{BackendKey, BackendState, Frontend, LbIds, LbState, ServiceLb, maglev_backend_ids},
+};
+
+/// What `weft_lb4_services`, `weft_lb4_backends`, `weft_lb4_revnat` and `weft_lb4_maglev`
+/// hold (the reverse-NAT array only at the ids in use).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbMapContents {
+    pub services: BTreeMap<Lb4Key, Lb4Service>,
+    pub backends: BTreeMap<u32, Lb4Backend>,
+    pub revnat: BTreeMap<u16, Lb4RevNat>,
+    /// Per service id, the backend id of every slot.
+    pub maglev: BTreeMap<u16, Vec<u32>>,
+}
+
+/// The map contents of `state` under `ids`, which must come from
+/// [`assign_ids`](crate::lb::assign_ids) for `state`: a frontend or backend without an id is
+/// left out.
+pub fn lb_map_contents(state: &LbState, ids: &LbIds) -> LbMapContents {
+    let mut out = LbMapContents::default();
+    for (frontend, lb) in &state.frontends {
+        let Some(&id) = ids.services.get(frontend) else {
+            continue;
+        };
+        let table = maglev_backend_ids(lb, ids).filter(|t| !t.is_empty());
+        let slots = backend_slots(lb, ids);
+        let entry = service_entry(lb, id, &slots, table.as_ref().map_or(0, Vec::len));
+        out.services.insert(frontend_key(frontend, 0), entry);
+        for (slot, backend_id) in (1u16..).zip(slots) {
+            out.services
+                .insert(frontend_key(frontend, slot), slot_entry(backend_id));
+        }
+        out.revnat.insert(id, revnat_entry(frontend));
+        if let Some(table) = table {
+            out.maglev.insert(id, table);
+        }
+    }
+    for (key, state) in state.backends() {
+        if let Some(&id) = ids.backends.get(&key) {
+            out.backends.insert(id, backend_entry(&key, state));
+        }
+    }
+    out
+}
+
+/// The ids of the active backends, in slot order; at most as many as a slot number counts.
+fn backend_slots(lb: &ServiceLb, ids: &LbIds) -> Vec<u32> {
+    lb.backends_active
+        .iter()
+        .filter_map(|b| ids.backends.get(&b.key()).copied())
+        .take(usize::from(u16::MAX))
+        .collect()
+}
+
+pub fn frontend_key(frontend: &Frontend, slot: u16) -> Lb4Key {
+    Lb4Key {
+        address: frontend.ip.octets(),
+        port: frontend.port,
+        proto: frontend.proto.ip_proto(),
+        scope: LB_SCOPE_EXTERNAL,
+        slot,
+        _pad: [0; 2],
+    }
+}
+
+fn service_entry(lb: &ServiceLb, id: u16, slots: &[u32], maglev_size: usize) -> Lb4Service {
+    let mut flags = 0;
+    if lb.affinity_timeout.is_some() {
+        flags |= SVC_FLAG_AFFINITY;
+    }
+    if lb.local_only {
+        flags |= SVC_FLAG_LOCAL_ONLY;
+    }
+    Lb4Service {
+        backend_id: 0,
+        count: u16::try_from(slots.len()).unwrap_or(u16::MAX),
+        rev_nat_index: id,
+        flags,
+        algorithm: match lb.algorithm {
+            LbAlgorithm::Random => LB_ALG_RANDOM,
+            LbAlgorithm::Maglev => LB_ALG_MAGLEV,
+        },
+        _pad: 0,
+        affinity_timeout_s: lb.affinity_timeout.unwrap_or(0),
+        maglev_size: u32::try_from(maglev_size).unwrap_or(0),
+    }
+}
+
+fn slot_entry(backend_id: u32) -> Lb4Service {
+    Lb4Service {
+        backend_id,
+        ..Lb4Service::default()
+    }
+}
+
+fn revnat_entry(frontend: &Frontend) -> Lb4RevNat {
+    Lb4RevNat {
+        address: frontend.ip.octets(),
+        port: frontend.port,
+        _pad: 0,
+    }
+}
+
+fn backend_entry(key: &BackendKey, state: BackendState) -> Lb4Backend {
+    Lb4Backend {
+        address: key.ip.octets(),
+        port: key.port,
+        proto: key.proto.ip_proto(),
+        flags: match state {
+            BackendState::Active => 0,
+            BackendState::Terminating => BACKEND_FLAG_TERMINATING,
+        },
+    }
+}
+
+/// The ids the maps hold: each service entry's frontend and id, each backend's key and id.
+/// Entries no Service could have made (an unknown protocol, another scope) are not ids.
+pub fn ids_from_maps(
+    services: &BTreeMap<Lb4Key, Lb4Service>,
+    backends: &BTreeMap<u32, Lb4Backend>,
+) -> LbIds {
+    let frontends = services
+        .iter()
+        .filter(|(key, _)| key.slot == 0 && key.scope == LB_SCOPE_EXTERNAL)
+        .filter_map(|(key, svc)| {
+            let frontend = Frontend {
+                ip: Ipv4Addr::from(key.address),
+                port: key.port,
+                proto: Protocol::from_ip_proto(key.proto)?,
+            };
+            Some((frontend, svc.rev_nat_index))
+        });
+    let backends = backends.iter().filter_map(|(&id, b)| {
+        let key = BackendKey {
+            ip: Ipv4Addr::from(b.address),
+            port: b.port,
+            proto: Protocol::from_ip_proto(b.proto)?,
+        };
+        Some((key, id))
+    });
+    LbIds::from_pairs(frontends, backends)
+}
+
+/// Ids that named something in `old` and name something else, or nothing, in `new`: flows
+/// and affinities recorded under them are stale.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FreedIds {
+    pub services: BTreeSet<u16>,
+    pub backends: BTreeSet<u32>,
+}
+
+impl FreedIds {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.backends.is_empty()
+    }
+}
+
+pub fn freed_ids(old: &LbIds, new: &LbIds) -> FreedIds {
+    FreedIds {
+        services: freed(&old.services, &new.services),
+        backends: freed(&old.backends, &new.backends),
+    }
+}
+
+fn freed<K: Ord, I: Ord + Copy>(old: &BTreeMap<K, I>, new: &BTreeMap<K, I>) -> BTreeSet<I> {
+    old.iter()
+        .filter(|(key, id)| new.get(*key) != Some(*id))
+        .map(|(_, id)| *id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ClusterConfig, Store,
+        lb::{assign_ids, lb_state},
+    };
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.43.0.10
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, protocol: TCP}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- addresses: [10.42.0.10]
+  conditions: {ready: true}
+- addresses: [10.42.1.10]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.42.1.11]
+  conditions: {ready: true}
+"#;
+
+    fn store(text: &str) -> Store {
+        Store::from_manifests([("svc.yaml", text)]).unwrap()
+    }
+
+    fn maglev_config() -> ClusterConfig {
+        ClusterConfig::from_yaml("loadBalancer: {algorithm: maglev}\nmaglev: {tableSize: 251}\n")
+            .unwrap()
+    }
+
+    fn contents(store: &Store, config: &ClusterConfig) -> (LbState, LbIds, LbMapContents) {
+        let state = lb_state(store, "vps1", config);
+        let ids = assign_ids(&state, &LbIds::default()).unwrap();
+        let maps = lb_map_contents(&state, &ids);
+        (state, ids, maps)
+    }
+
+    fn frontend(ip: [u8; 4], port: u16, proto: Protocol) -> Frontend {
+        Frontend {
+            ip: Ipv4Addr::from(ip),
+            port,
+            proto,
+        }
+    }
+
+    #[test]
+    fn each_frontend_has_its_entry_its_slots_and_its_revnat() {
+        let (_, ids, maps) = contents(&store(MANIFESTS), &ClusterConfig::default());
+        let http = frontend([10, 43, 0, 10], 80, Protocol::Tcp);
+        let id = ids.services[&http];
+        let entry = maps.services[&frontend_key(&http, 0)];
+        assert_eq!(entry.count, 2, "the terminating backend gets no slot");
+        assert_eq!(entry.rev_nat_index, id);
+        assert_eq!(entry.flags, SVC_FLAG_AFFINITY);
+        assert_eq!(entry.affinity_timeout_s, 10_800);
+        assert_eq!(entry.algorithm, LB_ALG_RANDOM);
+        assert_eq!(entry.maglev_size, 0);
+        let slot_backends: Vec<Ipv4Addr> = (1..=2)
+            .map(|slot| maps.services[&frontend_key(&http, slot)].backend_id)
+            .map(|b| Ipv4Addr::from(maps.backends[&b].address))
+            .collect();
+        assert_eq!(
+            slot_backends,
+            [Ipv4Addr::new(10, 42, 0, 10), Ipv4Addr::new(10, 42, 1, 11)]
+        );
+        assert!(!maps.services.contains_key(&frontend_key(&http, 3)));
+        assert_eq!(maps.revnat[&id].address, [10, 43, 0, 10]);
+        assert_eq!(maps.revnat[&id].port, 80);
+        // Two frontends, each with two slots.
+        assert_eq!(maps.services.len(), 6);
+        assert!(maps.maglev.is_empty());
+    }
+
+    #[test]
+    fn backends_are_listed_once_per_port_and_terminating_ones_are_flagged() {
+        let (_, _, maps) = contents(&store(MANIFESTS), &ClusterConfig::default());
+        assert_eq!(maps.backends.len(), 6, "3 endpoints x 2 ports");
+        let terminating: BTreeSet<(Ipv4Addr, u16)> = maps
+            .backends
+            .values()
+            .filter(|b| b.flags & BACKEND_FLAG_TERMINATING != 0)
+            .map(|b| (Ipv4Addr::from(b.address), b.port))
+            .collect();
+        assert_eq!(
+            terminating,
+            BTreeSet::from([
+                (Ipv4Addr::new(10, 42, 1, 10), 8080),
+                (Ipv4Addr::new(10, 42, 1, 10), 5353)
+            ])
+        );
+    }
+
+    #[test]
+    fn maglev_services_carry_their_table_of_backend_ids() {
+        let (_, ids, maps) = contents(&store(MANIFESTS), &maglev_config());
+        let dns = frontend([10, 43, 0, 10], 53, Protocol::Udp);
+        let id = ids.services[&dns];
+        let entry = maps.services[&frontend_key(&dns, 0)];
+        assert_eq!(entry.algorithm, LB_ALG_MAGLEV);
+        assert_eq!(entry.maglev_size, 251);
+        let table = &maps.maglev[&id];
+        assert_eq!(table.len(), 251);
+        let active: BTreeSet<u32> = (1..=entry.count)
+            .map(|slot| maps.services[&frontend_key(&dns, slot)].backend_id)
+            .collect();
+        assert!(table.iter().all(|b| active.contains(b)));
+        assert_eq!(table.iter().copied().collect::<BTreeSet<u32>>(), active);
+    }
+
+    #[test]
+    fn a_service_without_backends_has_a_zero_count_and_no_table() {
+        let text = MANIFESTS.split("---").next().unwrap();
+        let (_, _, maps) = contents(&store(text), &maglev_config());
+        let http = frontend([10, 43, 0, 10], 80, Protocol::Tcp);
+        let entry = maps.services[&frontend_key(&http, 0)];
+        assert_eq!(entry.count, 0);
+        assert_eq!(entry.maglev_size, 0);
+        assert!(maps.maglev.is_empty());
+        assert!(maps.backends.is_empty());
+    }
+
+    #[test]
+    fn ids_read_back_from_the_maps_are_the_ids_written() {
+        let (_, ids, maps) = contents(&store(MANIFESTS), &maglev_config());
+        assert_eq!(ids_from_maps(&maps.services, &maps.backends), ids);
+    }
+
+    #[test]
+    fn freed_ids_are_those_gone_or_given_to_another_owner() {
+        let a = frontend([10, 43, 0, 1], 80, Protocol::Tcp);
+        let b = frontend([10, 43, 0, 2], 80, Protocol::Tcp);
+        let c = frontend([10, 43, 0, 3], 80, Protocol::Tcp);
+        let old = LbIds::from_pairs([(a, 1), (b, 2)], []);
+        let new = LbIds::from_pairs([(a, 1), (c, 2)], []);
+        assert_eq!(freed_ids(&old, &new).services, BTreeSet::from([2]));
+        assert!(freed_ids(&old, &old).is_empty());
+    }
+}
