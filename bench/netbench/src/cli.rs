@@ -57,6 +57,15 @@ pub enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         parallel: u16,
     },
+    /// One TCP connection (or, with --udp, one datagram from an unconnected socket) to a plain
+    /// echo server; prints the peer address the socket shows (getpeername / recvfrom).
+    Probe {
+        /// The address to reach (a service address, say).
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        udp: bool,
+    },
 }
 
 /// A positive, finite number of seconds (fractions allowed) up to [`MAX_SECONDS`].

@@ -1,9 +1,11 @@
 //! `weft-netbench`: the TCP load tool of `bench/pod-network`. A server that echoes and answers
 //! connect-request-response-close, and two clients: `rr` (round-trip latency on one connection)
-//! and `crr` (new connections per second). Each client prints one JSON object.
+//! and `crr` (new connections per second); `probe` shows what a socket sees of its peer. Each
+//! client prints one JSON object.
 
 mod cli;
 mod client;
+mod probe;
 mod protocol;
 mod server;
 mod stats;
@@ -47,6 +49,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             watchdog::spawn(duration + watchdog::GRACE, "crr client");
             let report = client::connect_request_response(to, duration, parallel)?;
+            println!("{}", report.to_json());
+            Ok(())
+        }
+        Command::Probe { to, udp } => {
+            let payload = b"weft probe";
+            let report = if udp {
+                probe::udp(to, payload)?
+            } else {
+                probe::tcp(to, payload)?
+            };
             println!("{}", report.to_json());
             Ok(())
         }

@@ -53,7 +53,7 @@ impl Binaries {
     }
 }
 
-fn locate_binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
+pub fn locate_binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }

@@ -1,13 +1,17 @@
-//! Helpers for tests that run on a lab: skipping without root, unique lab names, and a guard
-//! that takes the lab down however the test ends.
+//! Helpers for tests that run on a lab: skipping without root, unique lab names, a guard
+//! that takes the lab down however the test ends, and a cluster run by Weft's agents.
 
 use std::{
+    net::Ipv4Addr,
     ops::Deref,
+    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use crate::{
+    apply::{ApplyReport, apply, delete},
     lifecycle::{DownReport, down, up},
+    runtime::{self, Binaries, PodRecord},
     spec::{LabSpec, MAX_NAME_LEN},
     topology::Topology,
 };
@@ -93,6 +97,72 @@ impl Drop for LabGuard {
             eprintln!("taking lab {} down failed: {e:#}", self.topology.name);
         }
     }
+}
+
+/// A lab run by Weft (an agent per node, the CNI plugin), with a scratch directory for the
+/// manifests a test applies; both go when it is dropped.
+pub struct TestCluster {
+    pub lab: LabGuard,
+    pub bins: Binaries,
+    pub dir: PathBuf,
+}
+
+impl TestCluster {
+    /// `nodes` nodes whose agents read `values` as their `values.yaml` (none: the defaults).
+    /// Panics when the cluster does not come up: for tests only.
+    pub fn up(tag: &str, nodes: u32, values: Option<&str>) -> TestCluster {
+        let bins = Binaries::locate().expect("weft-agent and weft-cni are built");
+        let spec = LabSpec::with_size(unique_lab_name(tag), nodes, 0);
+        let dir = std::env::temp_dir().join(format!("weft-cluster-test-{}", spec.name));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = values.map(|text| {
+            let path = dir.join("values.yaml");
+            std::fs::write(&path, text).expect("write values.yaml");
+            path
+        });
+        let lab = runtime::up_cluster(&spec, &bins, config.as_deref());
+        let lab = LabGuard::new(lab.expect("cluster up"));
+        TestCluster { lab, bins, dir }
+    }
+
+    /// `weft lab apply -f` of `text` saved as `file`.
+    pub fn apply_text(&self, file: &str, text: &str) -> anyhow::Result<ApplyReport> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, text)?;
+        apply(&self.lab, &self.bins, &[path])
+    }
+
+    /// `weft lab delete -f` of `text` saved as `file`.
+    pub fn delete_text(&self, file: &str, text: &str) -> anyhow::Result<ApplyReport> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, text)?;
+        delete(&self.lab, &self.bins, &[path])
+    }
+
+    /// The running pod `name` (namespace default). Panics when it is not running.
+    pub fn pod(&self, name: &str) -> PodRecord {
+        runtime::running_pods(&self.lab.name)
+            .expect("pod records")
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("pod {name} is not running"))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running pod's IPv4 address. Panics when it has none.
+pub fn pod_address(record: &PodRecord) -> Ipv4Addr {
+    record
+        .address
+        .as_deref()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("pod {} has no address", record.name))
 }
 
 #[cfg(test)]

@@ -7,19 +7,17 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
     time::Duration,
 };
 
 use weft_common::{Hook, MetricsKey, MetricsValue, Reason};
 use weft_lab::{
-    LabSpec,
-    apply::{apply, delete},
+    apply::delete,
     datapath::{inspect, metrics_delta},
     leftovers,
     netns::run_in,
-    runtime::{self, Binaries, PodRecord},
-    testing::{LabGuard, running_as_root, unique_lab_name},
+    runtime::{self, PodRecord},
+    testing::{TestCluster, pod_address, running_as_root},
     traffic,
 };
 use weft_packet::PacketBuilder;
@@ -60,61 +58,10 @@ spec:
       command: [sleep, '3600']
 ";
 
-struct Cluster {
-    lab: LabGuard,
-    bins: Binaries,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn up(tag: &str, nodes: u32) -> Cluster {
-        Cluster::up_with_values(tag, nodes, None)
-    }
-
-    /// A cluster whose agents read `values` as their `values.yaml`.
-    fn up_with_values(tag: &str, nodes: u32, values: Option<&str>) -> Cluster {
-        let bins = Binaries::locate().expect("weft-agent and weft-cni are built");
-        let spec = LabSpec::with_size(unique_lab_name(tag), nodes, 0);
-        let dir = std::env::temp_dir().join(format!("weft-cluster-test-{}", spec.name));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = values.map(|text| {
-            let path = dir.join("values.yaml");
-            std::fs::write(&path, text).expect("write values.yaml");
-            path
-        });
-        let lab = runtime::up_cluster(&spec, &bins, config.as_deref());
-        let lab = LabGuard::new(lab.expect("cluster up"));
-        Cluster { lab, bins, dir }
-    }
-
-    fn apply_text(&self, file: &str, text: &str) -> anyhow::Result<weft_lab::apply::ApplyReport> {
-        let path = self.dir.join(file);
-        std::fs::write(&path, text)?;
-        apply(&self.lab, &self.bins, &[path])
-    }
-
-    fn pod(&self, name: &str) -> PodRecord {
-        runtime::running_pods(&self.lab.name)
-            .expect("pod records")
-            .into_iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("pod {name} is not running"))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+type Cluster = TestCluster;
 
 fn addr(record: &PodRecord) -> Ipv4Addr {
-    record
-        .address
-        .as_deref()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("pod {} has no address", record.name))
+    pod_address(record)
 }
 
 fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
@@ -149,7 +96,7 @@ fn pods_get_networked_by_the_cni_plugin_and_routed_by_the_datapath() {
     if !running_as_root("pods_get_networked_by_the_cni_plugin_and_routed_by_the_datapath") {
         return;
     }
-    let cluster = Cluster::up("cni", 2);
+    let cluster = Cluster::up("cni", 2, None);
     let report = cluster.apply_text("pods.yaml", PODS).expect("apply");
     assert_eq!(report.started.len(), 3, "{report:?}");
     let (a, b, c) = (cluster.pod("a"), cluster.pod("b"), cluster.pod("c"));
@@ -253,7 +200,7 @@ fn a_bad_manifest_changes_nothing() {
     if !running_as_root("a_bad_manifest_changes_nothing") {
         return;
     }
-    let cluster = Cluster::up("bad", 1);
+    let cluster = Cluster::up("bad", 1, None);
     let err = cluster
         .apply_text(
             "bad.yaml",
@@ -285,7 +232,7 @@ fn full_size_transfers_cross_the_tunnel_and_survive_an_agent_restart() {
     if !running_as_root("full_size_transfers_cross_the_tunnel_and_survive_an_agent_restart") {
         return;
     }
-    let cluster = Cluster::up("mtu", 2);
+    let cluster = Cluster::up("mtu", 2, None);
     cluster.apply_text("pods.yaml", PODS).expect("apply");
     let (a, c) = (cluster.pod("a"), cluster.pod("c"));
     let server = SocketAddrV4::new(addr(&c), 9000);
@@ -337,7 +284,7 @@ fn with_xdp_acceleration_tunnel_and_masquerade_replies_pass_xdp_entry() {
         return;
     }
     let values = "loadBalancer:\n  acceleration: native\n";
-    let cluster = Cluster::up_with_values("xdp", 2, Some(values));
+    let cluster = Cluster::up("xdp", 2, Some(values));
     cluster.apply_text("pods.yaml", PODS).expect("apply");
     let (a, c) = (cluster.pod("a"), cluster.pod("c"));
     let node2 = cluster.lab.node("vps2").expect("vps2");
