@@ -24,6 +24,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 use weft_api::{AgentStatus, Request, Response};
+use weft_model::ClusterConfig;
 
 use crate::{
     host, ip, netns,
@@ -80,6 +81,36 @@ pub fn lab_dir(lab: &str) -> PathBuf {
 /// The directory of Kubernetes objects every agent of the lab watches.
 pub fn manifests_dir(lab: &str) -> PathBuf {
     lab_dir(lab).join("manifests")
+}
+
+/// The lab's copy of the `values.yaml` given at `up`: what its agents read, and where `apply`
+/// finds the service CIDR.
+pub fn config_path(lab: &str) -> PathBuf {
+    lab_dir(lab).join("values.yaml")
+}
+
+/// The lab's cluster configuration: its `values.yaml`, the defaults without one.
+pub fn cluster_config(lab: &str) -> anyhow::Result<ClusterConfig> {
+    let path = config_path(lab);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    ClusterConfig::from_yaml(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Keeps a copy of `config` in the lab's directory, so that later commands read the same
+/// settings as the agents; the copy's path, what the agents are given.
+fn record_config(lab: &str, config: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    host::create_dir_all(&lab_dir(lab))?;
+    let copy = config_path(lab);
+    fs::copy(config, &copy)
+        .with_context(|| format!("copying {} to {}", config.display(), copy.display()))?;
+    Ok(Some(copy))
 }
 
 /// A node's agent directory: socket, state, log.
@@ -468,13 +499,16 @@ pub fn up_cluster(
         bail!("a lab run by Weft's agents has no hand-wired pods (pods_per_node must be 0)");
     }
     let t = crate::lifecycle::up(spec)?;
-    for node in &t.nodes {
-        if let Err(err) = start_agent(&t, node, bins, config) {
-            return Err(match crate::lifecycle::down(&t.name) {
-                Ok(_) => err,
-                Err(cleanup) => err.context(format!("and taking the lab down failed: {cleanup:#}")),
-            });
-        }
+    let started = record_config(&t.name, config).and_then(|config| {
+        t.nodes
+            .iter()
+            .try_for_each(|node| start_agent(&t, node, bins, config.as_deref()).map(drop))
+    });
+    if let Err(err) = started {
+        return Err(match crate::lifecycle::down(&t.name) {
+            Ok(_) => err,
+            Err(cleanup) => err.context(format!("and taking the lab down failed: {cleanup:#}")),
+        });
     }
     Ok(t)
 }
