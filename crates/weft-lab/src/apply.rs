@@ -162,7 +162,7 @@ pub fn manifest_files(lab: &str) -> anyhow::Result<BTreeMap<String, String>> {
     current_files(&runtime::manifests_dir(lab))
 }
 
-pub(crate) fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
