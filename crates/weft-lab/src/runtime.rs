@@ -281,9 +281,26 @@ impl PodRequest {
         format!("{lab}-{}-{}", self.node, self.name)
     }
 
+    /// `<hash>-<lab>-<namespace>-<name>`. The hash comes first because runtimes, and Weft's
+    /// agent naming a pod's `WeftEndpoint`, shorten container ids to their first 12
+    /// characters, which pods of one lab would otherwise share.
     pub fn container_id(&self, lab: &str) -> String {
-        format!("{lab}-{}-{}", self.namespace, self.name)
+        let key = format!("{lab}/{}/{}", self.namespace, self.name);
+        format!(
+            "{:012x}-{lab}-{}-{}",
+            fnv1a(key.as_bytes()) & 0xffff_ffff_ffff,
+            self.namespace,
+            self.name
+        )
     }
+}
+
+/// FNV-1a (64 bits): stable across builds, unlike std's hasher, so a newer `weft` names the
+/// containers of a running lab as the one that started them.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn record_path(lab: &str, namespace: &str, name: &str) -> PathBuf {
@@ -511,4 +528,30 @@ pub fn up_cluster(
         });
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str) -> PodRequest {
+        PodRequest {
+            namespace: "default".into(),
+            name: name.into(),
+            node: "vps1".into(),
+            containers: vec![],
+        }
+    }
+
+    #[test]
+    fn container_ids_differ_in_their_first_twelve_characters() {
+        let lab = "tsvc0abcd01";
+        let (a, b) = (
+            request("a").container_id(lab),
+            request("b").container_id(lab),
+        );
+        assert_ne!(a[..12], b[..12], "{a} {b}");
+        assert_eq!(a, request("a").container_id(lab), "stable");
+        assert!(a.ends_with("-tsvc0abcd01-default-a"), "{a}");
+    }
 }
