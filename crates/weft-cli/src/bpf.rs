@@ -1,4 +1,4 @@
-//! `weft bpf endpoint|ipcache|nat|lb|ct list`: a node's pinned datapath maps as tables, like
+//! `weft bpf endpoint|ipcache|nat|lb|ct list` (and `maglev list`, in [`bpf_maglev`]): a node's pinned datapath maps as tables, like
 //! `cilium bpf ... list`.
 
 use std::{net::Ipv4Addr, process::ExitCode};
@@ -15,7 +15,7 @@ use weft_lab::{NodeSpec, netns::run_in, topology::format_mac};
 use weft_model::Ipv4Cidr;
 
 use crate::{
-    bpf_lb,
+    bpf_lb, bpf_maglev,
     nodes::{NodeArgs, Output, select_nodes, table},
 };
 
@@ -46,6 +46,11 @@ pub enum BpfCommand {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// A Service's Maglev tables (`weft_lb4_maglev`).
+    Maglev {
+        #[command(subcommand)]
+        command: bpf_maglev::MaglevCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,6 +66,7 @@ pub fn run(command: BpfCommand) -> anyhow::Result<ExitCode> {
         BpfCommand::Nat { command } => (Map::Nat, command),
         BpfCommand::Lb { command } => (Map::Lb, command),
         BpfCommand::Ct { command } => (Map::Ct, command),
+        BpfCommand::Maglev { command } => return bpf_maglev::run(command),
     };
     let topology = weft_lab::load(&args.lab)?;
     let nodes = select_nodes(&topology, args.node.as_deref())?;

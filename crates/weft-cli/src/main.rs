@@ -2,6 +2,7 @@
 
 mod bpf;
 mod bpf_lb;
+mod bpf_maglev;
 mod lab;
 mod nodes;
 mod observe;

@@ -11,13 +11,17 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use weft_model::{
-    k8s::{Object, parse_manifest},
+    Ipv4Cidr,
+    endpointslice::is_derived,
+    k8s::{ClusterIp, Object, Service, parse_manifest, with_cluster_ip},
     store::Store,
 };
 
 use crate::{
+    cluster_ip::settle_cluster_ips,
     host,
     runtime::{self, Binaries, PodRecord, PodRequest},
+    slices::{SliceChanges, sync_endpoint_slices},
     topology::Topology,
 };
 
@@ -38,6 +42,8 @@ pub struct ApplyReport {
     pub objects: Vec<String>,
     pub started: Vec<PodRecord>,
     pub stopped: Vec<PodRecord>,
+    /// The derived EndpointSlices written or removed after the pods changed.
+    pub slices: SliceChanges,
 }
 
 /// The YAML files named by `paths`: files as given, directories' `*.yaml`/`*.yml` sorted.
@@ -120,12 +126,7 @@ fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
         for (i, doc) in split_documents(&text).into_iter().enumerate() {
             let objects = parse_manifest(&format!("{label} (document {})", i + 1), &doc)?;
             for object in objects {
-                if matches!(object, Object::WeftNode(_) | Object::WeftEndpoint(_)) {
-                    bail!(
-                        "{label}: {} objects are written by the agents, not applied",
-                        object.kind()
-                    );
-                }
+                refuse_lab_written(&label, &object)?;
                 out.push(Document {
                     origin: label.clone(),
                     file_name: object_file_name(&object),
@@ -138,12 +139,30 @@ fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
     Ok(out)
 }
 
+/// Objects the lab's agents or the lab itself write may not be applied: the writer would
+/// overwrite or remove them.
+fn refuse_lab_written(origin: &str, object: &Object) -> anyhow::Result<()> {
+    match object {
+        Object::WeftNode(_) | Object::WeftEndpoint(_) => bail!(
+            "{origin}: {} objects are written by the agents, not applied",
+            object.kind()
+        ),
+        Object::EndpointSlice(slice) if is_derived(slice) => bail!(
+            "{origin}: EndpointSlice {}/{} is labelled as derived by the lab, which writes \
+             those itself from the Services' selectors",
+            slice.metadata.namespace(),
+            slice.metadata.name
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The files of lab `lab`'s manifests directory, by name, with their text.
 pub fn manifest_files(lab: &str) -> anyhow::Result<BTreeMap<String, String>> {
     current_files(&runtime::manifests_dir(lab))
 }
 
-fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -198,7 +217,7 @@ fn validate_pod(t: &Topology, object: &Object) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("yaml.tmp");
     fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
@@ -211,21 +230,66 @@ pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result
         validate_pod(t, &doc.object)
             .with_context(|| format!("{} ({})", doc.origin, describe(&doc.object)))?;
     }
-    let dir = runtime::manifests_dir(&t.name);
-    let mut files = current_files(&dir)?;
+    let service_cidr = runtime::cluster_config(&t.name)?.service_cidr;
+    let mut report = ApplyReport {
+        objects: put_documents(&runtime::manifests_dir(&t.name), docs, service_cidr)?,
+        ..ApplyReport::default()
+    };
+    reconcile_pods(t, bins, &mut report)?;
+    Ok(report)
+}
+
+/// Writes `docs` into manifests directory `dir`, Services with the clusterIP they get, once
+/// the whole directory with them is known to load; what was written, described.
+fn put_documents(
+    dir: &Path,
+    mut docs: Vec<Document>,
+    service_cidr: Ipv4Cidr,
+) -> anyhow::Result<Vec<String>> {
+    let mut files = current_files(dir)?;
+    let stored = Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .context("the lab's objects do not load")?;
+    give_cluster_ips(&mut docs, &stored, service_cidr)?;
     for doc in &docs {
         files.insert(doc.file_name.clone(), doc.text.clone());
     }
     Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .context("the lab's objects with these applied would not load")?;
-    host::create_dir_all(&dir)?;
-    let mut report = ApplyReport::default();
+    host::create_dir_all(dir)?;
+    let mut described = Vec::new();
     for doc in &docs {
         write_atomically(&dir.join(&doc.file_name), &doc.text)?;
-        report.objects.push(describe(&doc.object));
+        described.push(describe(&doc.object));
     }
-    reconcile_pods(t, bins, &mut report)?;
-    Ok(report)
+    Ok(described)
+}
+
+/// Sets the clusterIP of every Service among `docs`, in its object and in the text written.
+fn give_cluster_ips(
+    docs: &mut [Document],
+    stored: &Store,
+    service_cidr: Ipv4Cidr,
+) -> anyhow::Result<()> {
+    let services: Vec<&Service> = docs.iter().filter_map(|d| service_of(d)).collect();
+    let addresses = settle_cluster_ips(&services, stored, service_cidr)?;
+    let service_docs = docs.iter_mut().filter(|d| service_of(d).is_some());
+    for (doc, address) in service_docs.zip(addresses) {
+        let (Some(ip), Object::Service(svc)) = (address, &mut doc.object) else {
+            continue;
+        };
+        svc.spec.cluster_ip = Some(ClusterIp::V4(ip));
+        doc.text = with_cluster_ip(&doc.text, ip).with_context(|| {
+            format!("{}: writing the clusterIP of {}", doc.origin, doc.file_name)
+        })?;
+    }
+    Ok(())
+}
+
+fn service_of(doc: &Document) -> Option<&Service> {
+    match &doc.object {
+        Object::Service(svc) => Some(svc),
+        _ => None,
+    }
 }
 
 /// Removes the objects of `paths` from the lab, stopping the Pods among them.
@@ -245,8 +309,22 @@ pub fn delete(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Resul
 }
 
 /// Brings the running pods to the Pods in the manifests: stops those whose Pod is gone, starts
-/// the missing ones (on their `nodeName`, else on the node running the fewest pods).
+/// the missing ones (on their `nodeName`, else on the node running the fewest pods); then
+/// brings the derived EndpointSlices to the pods that run (also when some failed to start or
+/// stop).
 pub fn reconcile_pods(
+    t: &Topology,
+    bins: &Binaries,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let pods = start_and_stop_pods(t, bins, report);
+    let slices = sync_endpoint_slices(&runtime::manifests_dir(&t.name));
+    pods?;
+    report.slices = slices?;
+    Ok(())
+}
+
+fn start_and_stop_pods(
     t: &Topology,
     bins: &Binaries,
     report: &mut ApplyReport,
@@ -313,6 +391,7 @@ fn least_loaded(load: &BTreeMap<String, usize>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::temp_dir::TempDir;
 
     #[test]
     fn documents_are_split_on_separator_lines_and_empty_ones_dropped() {
@@ -321,6 +400,95 @@ mod tests {
         assert_eq!(docs.len(), 2, "{docs:?}");
         assert!(docs[0].contains("kind: Pod"));
         assert!(docs[1].contains("kind: Namespace"));
+    }
+
+    fn service_cidr() -> Ipv4Cidr {
+        "10.43.0.0/16".parse().expect("cidr")
+    }
+
+    /// Applies `text` (as file `request.yaml`) to manifests directory `dir`.
+    fn put(dir: &TempDir, text: &str) -> anyhow::Result<Vec<String>> {
+        let request = TempDir::new();
+        request.write("request.yaml", text);
+        let docs = read_documents(&[request.0.join("request.yaml")])?;
+        put_documents(&dir.0, docs, service_cidr())
+    }
+
+    fn stored_service(dir: &TempDir, name: &str) -> Service {
+        let text = dir
+            .read(&format!("service_default_{name}.yaml"))
+            .expect("service file");
+        match parse_manifest("s.yaml", &text).expect("parses").pop() {
+            Some(Object::Service(svc)) => svc,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn service(name: &str, spec: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    }
+
+    #[test]
+    fn an_applied_service_is_stored_with_an_allocated_cluster_ip_it_keeps() {
+        let dir = TempDir::new();
+        put(&dir, &service("web", "{ports: [{port: 80}]}")).expect("applied");
+        let ip = stored_service(&dir, "web")
+            .spec
+            .cluster_ipv4()
+            .expect("allocated");
+        assert!(service_cidr().contains(ip));
+        let text = dir.read("service_default_web.yaml").expect("file");
+        assert!(text.contains(&format!("clusterIPs:\n  - {ip}")), "{text}");
+        put(&dir, &service("web", "{ports: [{port: 8080}]}")).expect("re-applied");
+        let again = stored_service(&dir, "web");
+        assert_eq!(again.spec.cluster_ipv4(), Some(ip), "kept");
+        assert_eq!(again.spec.ports[0].port, 8080);
+        put(&dir, &service("dns", "{clusterIP: None}")).expect("headless");
+        assert_eq!(
+            stored_service(&dir, "dns").spec.cluster_ip,
+            Some(ClusterIp::Headless)
+        );
+    }
+
+    #[test]
+    fn a_taken_or_foreign_cluster_ip_refuses_the_whole_request() {
+        let dir = TempDir::new();
+        put(&dir, &service("db", "{clusterIP: 10.43.0.20}")).expect("applied");
+        let before = current_files(&dir.0).expect("files");
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n\
+                   spec: {containers: [{name: c, command: [sleep]}]}\n---\n";
+        let err = put(
+            &dir,
+            &format!("{pod}{}", service("web", "{clusterIP: 10.43.0.20}")),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("10.43.0.20 is already allocated to Service default/db"),
+            "{err:#}"
+        );
+        let err = put(&dir, &service("web", "{clusterIP: 10.96.0.1}")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("outside the service CIDR"),
+            "{err:#}"
+        );
+        assert_eq!(
+            current_files(&dir.0).expect("files"),
+            before,
+            "nothing written"
+        );
+    }
+
+    #[test]
+    fn derived_slices_cannot_be_applied() {
+        let dir = TempDir::new();
+        let slice = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-weft, labels: {{endpointslice.kubernetes.io/managed-by: {}}}}}\n\
+             addressType: IPv4\n",
+            weft_model::endpointslice::WEFT_SLICE_MANAGER
+        );
+        let err = put(&dir, &slice).unwrap_err();
+        assert!(format!("{err:#}").contains("derived by the lab"), "{err:#}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! bpffs and cgroup2).
 
 pub mod apply;
+mod cluster_ip;
 pub mod containerd;
 pub mod datapath;
 pub mod exec;
@@ -17,7 +18,10 @@ pub mod netns;
 pub mod oci;
 pub mod runtime;
 pub mod selftest;
+pub mod slices;
 pub mod spec;
+#[cfg(test)]
+mod temp_dir;
 pub mod testing;
 pub mod topology;
 pub mod traffic;

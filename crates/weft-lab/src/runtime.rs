@@ -24,6 +24,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 use weft_api::{AgentStatus, Request, Response};
+use weft_model::ClusterConfig;
 
 use crate::{
     host, ip, netns,
@@ -80,6 +81,36 @@ pub fn lab_dir(lab: &str) -> PathBuf {
 /// The directory of Kubernetes objects every agent of the lab watches.
 pub fn manifests_dir(lab: &str) -> PathBuf {
     lab_dir(lab).join("manifests")
+}
+
+/// The lab's copy of the `values.yaml` given at `up`: what its agents read, and where `apply`
+/// finds the service CIDR.
+pub fn config_path(lab: &str) -> PathBuf {
+    lab_dir(lab).join("values.yaml")
+}
+
+/// The lab's cluster configuration: its `values.yaml`, the defaults without one.
+pub fn cluster_config(lab: &str) -> anyhow::Result<ClusterConfig> {
+    let path = config_path(lab);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    ClusterConfig::from_yaml(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Keeps a copy of `config` in the lab's directory, so that later commands read the same
+/// settings as the agents; the copy's path, what the agents are given.
+fn record_config(lab: &str, config: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    host::create_dir_all(&lab_dir(lab))?;
+    let copy = config_path(lab);
+    fs::copy(config, &copy)
+        .with_context(|| format!("copying {} to {}", config.display(), copy.display()))?;
+    Ok(Some(copy))
 }
 
 /// A node's agent directory: socket, state, log.
@@ -250,9 +281,26 @@ impl PodRequest {
         format!("{lab}-{}-{}", self.node, self.name)
     }
 
+    /// `<hash>-<lab>-<namespace>-<name>`. The hash comes first because runtimes, and Weft's
+    /// agent naming a pod's `WeftEndpoint`, shorten container ids to their first 12
+    /// characters, which pods of one lab would otherwise share.
     pub fn container_id(&self, lab: &str) -> String {
-        format!("{lab}-{}-{}", self.namespace, self.name)
+        let key = format!("{lab}/{}/{}", self.namespace, self.name);
+        format!(
+            "{:012x}-{lab}-{}-{}",
+            fnv1a(key.as_bytes()) & 0xffff_ffff_ffff,
+            self.namespace,
+            self.name
+        )
     }
+}
+
+/// FNV-1a (64 bits): stable across builds, unlike std's hasher, so a newer `weft` names the
+/// containers of a running lab as the one that started them.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn record_path(lab: &str, namespace: &str, name: &str) -> PathBuf {
@@ -468,13 +516,42 @@ pub fn up_cluster(
         bail!("a lab run by Weft's agents has no hand-wired pods (pods_per_node must be 0)");
     }
     let t = crate::lifecycle::up(spec)?;
-    for node in &t.nodes {
-        if let Err(err) = start_agent(&t, node, bins, config) {
-            return Err(match crate::lifecycle::down(&t.name) {
-                Ok(_) => err,
-                Err(cleanup) => err.context(format!("and taking the lab down failed: {cleanup:#}")),
-            });
-        }
+    let started = record_config(&t.name, config).and_then(|config| {
+        t.nodes
+            .iter()
+            .try_for_each(|node| start_agent(&t, node, bins, config.as_deref()).map(drop))
+    });
+    if let Err(err) = started {
+        return Err(match crate::lifecycle::down(&t.name) {
+            Ok(_) => err,
+            Err(cleanup) => err.context(format!("and taking the lab down failed: {cleanup:#}")),
+        });
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str) -> PodRequest {
+        PodRequest {
+            namespace: "default".into(),
+            name: name.into(),
+            node: "vps1".into(),
+            containers: vec![],
+        }
+    }
+
+    #[test]
+    fn container_ids_differ_in_their_first_twelve_characters() {
+        let lab = "tsvc0abcd01";
+        let (a, b) = (
+            request("a").container_id(lab),
+            request("b").container_id(lab),
+        );
+        assert_ne!(a[..12], b[..12], "{a} {b}");
+        assert_eq!(a, request("a").container_id(lab), "stable");
+        assert!(a.ends_with("-tsvc0abcd01-default-a"), "{a}");
+    }
 }

@@ -299,6 +299,30 @@ impl Service {
     }
 }
 
+/// A Service manifest (one YAML document) with `spec.clusterIP` and `spec.clusterIPs` set to
+/// `ip`, what the apiserver stores once it has allocated the address. Every other field is kept
+/// as written, unlike [`Service::to_yaml`], which holds only the fields Weft reads.
+pub fn with_cluster_ip(manifest: &str, ip: Ipv4Addr) -> Result<String, serde_norway::Error> {
+    use serde::de::Error as _;
+    let mut value: serde_norway::Value = serde_norway::from_str(manifest)?;
+    let root = value
+        .as_mapping_mut()
+        .ok_or_else(|| serde_norway::Error::custom("the manifest is not a mapping"))?;
+    let spec = root
+        .entry("spec".into())
+        .or_insert_with(|| serde_norway::Mapping::new().into());
+    if spec.is_null() {
+        *spec = serde_norway::Mapping::new().into();
+    }
+    let spec = spec
+        .as_mapping_mut()
+        .ok_or_else(|| serde_norway::Error::custom("`spec` is not a mapping"))?;
+    let address = serde_norway::Value::String(ip.to_string());
+    spec.insert("clusterIP".into(), address.clone());
+    spec.insert("clusterIPs".into(), vec![address].into());
+    serde_norway::to_string(&value)
+}
+
 impl EndpointSlice {
     pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
         serde_norway::to_string(&Manifest {
@@ -410,6 +434,31 @@ spec:
             parse_manifest("e.yaml", &yaml).unwrap(),
             [Object::WeftEndpoint(ep)]
         );
+    }
+
+    #[test]
+    fn an_allocated_cluster_ip_is_written_into_the_manifest_keeping_other_fields() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, annotations: {a: b}}\n\
+                    spec: {clusterIP: \"\", ipFamilies: [IPv4], ports: [{port: 80}]}\n";
+        let ip = Ipv4Addr::new(10, 43, 7, 9);
+        let written = with_cluster_ip(text, ip).unwrap();
+        assert!(written.contains("annotations:"), "{written}");
+        assert!(written.contains("ipFamilies:"), "{written}");
+        assert!(written.contains("clusterIPs:\n  - 10.43.7.9"), "{written}");
+        let Some(Object::Service(svc)) = parse_manifest("s.yaml", &written).unwrap().pop() else {
+            panic!("{written}")
+        };
+        assert_eq!(svc.spec.cluster_ipv4(), Some(ip));
+        assert_eq!(svc.spec.ports[0].port, 80);
+        assert_eq!(with_cluster_ip(&written, ip).unwrap(), written, "stable");
+
+        let bare = "apiVersion: v1\nkind: Service\nmetadata: {name: bare}\n";
+        assert!(
+            with_cluster_ip(bare, ip)
+                .unwrap()
+                .contains("clusterIP: 10.43.7.9")
+        );
+        assert!(with_cluster_ip("- a\n", ip).is_err());
     }
 
     #[test]

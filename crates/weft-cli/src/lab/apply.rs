@@ -150,7 +150,8 @@ pub fn deleted_lines(report: &ApplyReport) -> Vec<String> {
     lines
 }
 
-/// Pods started or stopped that no object of the request names (the lab catching up).
+/// Pods started or stopped that no object of the request names (the lab catching up), and the
+/// EndpointSlices the lab derived.
 fn side_effects(report: &ApplyReport) -> Vec<String> {
     let named = |r: &PodRecord| report.objects.iter().any(|d| ObjectRef::parse(d).is_pod(r));
     let started = report
@@ -163,11 +164,27 @@ fn side_effects(report: &ApplyReport) -> Vec<String> {
         .iter()
         .filter(|r| !named(r))
         .map(|r| format!("{} stopped on {}", pod_ref(r), r.node));
-    started.chain(stopped).collect()
+    let slices_written = report
+        .slices
+        .written
+        .iter()
+        .map(|s| format!("endpointslice/{s} written"));
+    let slices_removed = report
+        .slices
+        .removed
+        .iter()
+        .map(|s| format!("endpointslice/{s} removed"));
+    started
+        .chain(stopped)
+        .chain(slices_written)
+        .chain(slices_removed)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use weft_lab::slices::SliceChanges;
+
     use super::*;
 
     fn record(name: &str, node: &str, address: &str) -> PodRecord {
@@ -220,6 +237,10 @@ mod tests {
             ],
             started: vec![web.clone()],
             stopped: vec![record("old", "vps2", "10.42.2.10/32")],
+            slices: SliceChanges {
+                written: vec!["default/web-weft".into()],
+                removed: vec!["default/old-weft".into()],
+            },
         };
         let before = snap(&[("namespace__team.yaml", "a"), ("pod_default_db.yaml", "x")]);
         let after = snap(&[
@@ -235,6 +256,8 @@ mod tests {
                 "pod/default/web created on vps1 10.42.1.10/32",
                 "pod/default/db configured on vps2 10.42.2.11/32",
                 "pod/default/old stopped on vps2",
+                "endpointslice/default/web-weft written",
+                "endpointslice/default/old-weft removed",
             ]
         );
     }
@@ -245,6 +268,7 @@ mod tests {
             objects: vec!["Pod default/web".into()],
             started: vec![],
             stopped: vec![record("web", "vps1", "10.42.1.10/32")],
+            ..ApplyReport::default()
         };
         assert_eq!(
             deleted_lines(&report),
