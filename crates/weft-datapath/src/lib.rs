@@ -13,9 +13,13 @@ pub mod lb_maps;
 pub mod maps;
 pub mod node;
 pub mod object;
+pub mod socket_lb;
 pub mod testrun;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 pub use fake::FakeDatapath;
@@ -56,6 +60,12 @@ pub trait Datapath {
     fn put_ipcache(&mut self, cidr: Ipv4Cidr, entry: IpcacheEntry) -> anyhow::Result<()>;
     /// Deleting an absent prefix succeeds.
     fn delete_ipcache(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()>;
+
+    /// The cgroup whose sockets socket LB translates, if it is attached.
+    fn socket_lb(&self) -> anyhow::Result<Option<PathBuf>>;
+    /// Attaches socket LB to `cgroup` (moving it from any other cgroup), or detaches it with
+    /// `None`. Calling it again with the same cgroup changes nothing.
+    fn set_socket_lb(&mut self, cgroup: Option<&Path>) -> anyhow::Result<()>;
 }
 
 /// What [`reconcile_attachments`] did: the changes made, and the ones that failed.
