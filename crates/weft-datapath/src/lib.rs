@@ -7,6 +7,7 @@
 //! implements it in memory so reconcile logic is tested without root.
 
 pub mod bpffs;
+pub mod cgroup;
 pub mod events;
 pub mod fake;
 pub mod lb_maps;

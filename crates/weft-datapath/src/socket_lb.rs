@@ -171,6 +171,39 @@ pub fn sock_revnat(pin_dir: &Path) -> anyhow::Result<Vec<(Lb4SockKey, Lb4SockRev
         .collect()
 }
 
+/// SO_NETNS_COOKIE (Linux 5.14), not in the libc crate yet.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the calling thread's network namespace, as `bpf_get_netns_cookie` sees it.
+pub fn current_netns_cookie() -> anyhow::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("creating a socket to read the netns cookie")?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for writes of the sizes given.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt SO_NETNS_COOKIE");
+    }
+    Ok(cookie)
+}
+
 #[cfg(test)]
 mod tests {
     use weft_common::programs::{SOCK_CONNECT4, SOCK_RECVMSG4};
@@ -195,6 +228,13 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn the_netns_cookie_is_stable_and_not_zero() {
+        let cookie = current_netns_cookie().unwrap();
+        assert_ne!(cookie, 0);
+        assert_eq!(current_netns_cookie().unwrap(), cookie);
     }
 
     #[test]
