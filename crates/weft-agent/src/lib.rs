@@ -10,6 +10,7 @@ pub mod claim;
 pub mod files;
 pub mod net;
 pub mod server;
+pub mod socket_lb;
 pub mod source;
 pub mod state;
 
