@@ -61,6 +61,7 @@ pub struct Settings {
     /// Defaults to the external device's first IPv4 address.
     pub underlay_ip: Option<Ipv4Addr>,
     pub cluster: ClusterConfig,
+    pub socket_lb: crate::socket_lb::SocketLbSite,
 }
 
 pub struct Agent<D: Datapath> {
@@ -254,11 +255,12 @@ impl<D: Datapath> Agent<D> {
 
     fn write_node_config(&mut self) -> anyhow::Result<()> {
         let ext = &self.settings.external_device;
-        let flags = if self.settings.cluster.bpf.masquerade {
+        let masquerade = if self.settings.cluster.bpf.masquerade {
             NODE_MASQUERADE_FLAG
         } else {
             0
         };
+        let flags = masquerade | crate::socket_lb::node_flags(&self.settings.cluster.socket_lb);
         let config = NodeConfig {
             ipv4: self.underlay_ip.octets(),
             external_ifindex: self.net.ifindex(ext)?,
@@ -267,6 +269,7 @@ impl<D: Datapath> Agent<D> {
             snat_port_max: SNAT_PORT_MAX,
             flags,
             _pad: 0,
+            netns_cookie: self.settings.socket_lb.netns_cookie,
         };
         if self.datapath.node()? != config {
             self.datapath
@@ -702,6 +705,12 @@ impl<D: Datapath> Agent<D> {
             report.errors.push(format!("attachments: {e:#}"));
         }
         self.reconcile_services(&mut report);
+        let (site, socket_lb) = (&self.settings.socket_lb, &self.settings.cluster.socket_lb);
+        if let Err(e) =
+            crate::socket_lb::reconcile(&mut self.datapath, site, socket_lb, &mut report)
+        {
+            report.errors.push(format!("socket LB: {e:#}"));
+        }
         if let Err(e) = self.sync_weft_endpoints() {
             report.errors.push(format!("WeftEndpoints: {e:#}"));
         }

@@ -12,6 +12,7 @@ pub mod gc;
 pub mod net;
 pub mod server;
 pub mod services;
+pub mod socket_lb;
 pub mod source;
 pub mod state;
 

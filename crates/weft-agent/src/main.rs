@@ -9,6 +9,7 @@ use weft_agent::{
     log,
     net::SystemNet,
     server::{ApiSocket, run, stop_on_signals},
+    socket_lb::SocketLbSite,
     source::{ManifestsSource, Source},
 };
 use weft_datapath::NodeDatapath;
@@ -40,6 +41,10 @@ struct Args {
     /// Defaults to the external device's first IPv4 address.
     #[arg(long)]
     underlay_ip: Option<Ipv4Addr>,
+    /// The cgroup2 directory whose sockets socket LB translates (the node's, holding its pods'
+    /// processes). Defaults to the agent's own cgroup; never the root of the hierarchy.
+    #[arg(long)]
+    socket_lb_cgroup: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<ClusterConfig> {
@@ -48,6 +53,19 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<ClusterConfig> {
     };
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     ClusterConfig::from_yaml(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// With socket LB disabled the agent attaches it nowhere (and detaches what an earlier agent
+/// attached), so it needs no cgroup and may run in any.
+fn socket_lb_site(
+    cluster: &ClusterConfig,
+    cgroup: Option<PathBuf>,
+) -> anyhow::Result<SocketLbSite> {
+    if !cluster.socket_lb.enabled {
+        return Ok(SocketLbSite::default());
+    }
+    SocketLbSite::of_this_process(cgroup)
+        .context("socketLB.enabled: pass --socket-lb-cgroup or disable socket LB")
 }
 
 fn main_inner(args: Args) -> anyhow::Result<()> {
@@ -71,6 +89,7 @@ fn main_inner(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         external_device: args.external_device,
         underlay_ip: args.underlay_ip,
+        socket_lb: socket_lb_site(&cluster, args.socket_lb_cgroup)?,
         cluster,
     };
     let mut agent = Agent::start(settings, datapath, Box::new(SystemNet), store)?;

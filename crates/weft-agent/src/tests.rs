@@ -23,6 +23,7 @@ use crate::{
     files::testing::TempDir,
     net::NetInfo,
     server::{ApiSocket, run},
+    socket_lb::SocketLbSite,
     source::{ManifestsSource, Source},
 };
 
@@ -98,6 +99,7 @@ fn settings(dirs: &Dirs, node: &str) -> Settings {
         external_device: "eth0".into(),
         underlay_ip: None,
         cluster: ClusterConfig::default(),
+        socket_lb: SocketLbSite::default(),
     }
 }
 
@@ -423,6 +425,7 @@ fn two_agents_on_one_manifests_dir_claim_distinct_cidrs() {
                         external_device: "eth0".into(),
                         underlay_ip: None,
                         cluster: ClusterConfig::default(),
+                        socket_lb: SocketLbSite::default(),
                     };
                     Agent::start(
                         settings,

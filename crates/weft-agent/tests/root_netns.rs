@@ -11,6 +11,7 @@ use nix::sched::{CloneFlags, unshare};
 use weft_agent::{
     agent::{Agent, Settings},
     net::SystemNet,
+    socket_lb::SocketLbSite,
 };
 use weft_api::{Attachment, Request, Response};
 use weft_common::{EndpointKey, Hook};
@@ -69,6 +70,7 @@ fn in_fresh_netns() {
         external_device: "eth0".into(),
         underlay_ip: None,
         cluster: ClusterConfig::default(),
+        socket_lb: SocketLbSite::default(),
     };
     let datapath = NodeDatapath::open(pins.path()).unwrap();
     let mut agent =

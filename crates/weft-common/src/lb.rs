@@ -95,12 +95,34 @@ pub struct Lb4AffinityEntry {
     pub last_used_s: u32,
 }
 
+/// Key of `weft_lb4_sock_revnat`: a socket (its cookie) and the backend socket LB gave it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4SockKey {
+    pub cookie: u64,
+    pub address: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `weft_lb4_sock_revnat`: the frontend the socket asked for, shown back to it by
+/// `recvmsg` and `getpeername`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4SockRevNat {
+    pub address: [u8; 4],
+    pub port: u16,
+    pub rev_nat_index: u16,
+}
+
 /// Entries of `weft_lb4_services` (service entries plus backend slots).
 pub const LB4_SERVICES_MAX: u32 = 65_536;
 pub const LB4_BACKENDS_MAX: u32 = 65_536;
 /// Service ids are u16 and 0 means none: the reverse-NAT array covers every id.
 pub const LB4_REVNAT_MAX: u32 = 65_536;
 pub const LB4_AFFINITY_MAX: u32 = 65_536;
+/// LRU: a closed socket's entry is never looked up again (cookies are not reused) and ages out.
+pub const LB4_SOCK_REVNAT_MAX: u32 = 262_144;
 
 /// The hash that picks a flow's Maglev slot: of the tuple as the client sent it, the same on
 /// every node (unlike the kernel's skb hash, which is seeded per boot), so any node that sees
@@ -112,6 +134,13 @@ pub const fn flow_hash(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, p
     h = mix(h, ((sport as u32) << 16) | dport as u32);
     h = mix(h, proto as u32);
     finalize(h)
+}
+
+/// The hash that picks a socket's Maglev slot at `connect()`/`sendmsg()`, where the source port
+/// is not chosen yet: of the socket cookie, unique per socket for the life of the kernel.
+pub const fn cookie_hash(cookie: u64) -> u32 {
+    let h = mix(0x9e37_79b9u32, cookie as u32);
+    finalize(mix(h, (cookie >> 32) as u32))
 }
 
 /// One round of MurmurHash3's 32-bit block mixing.
@@ -141,6 +170,8 @@ const _: () = assert!(core::mem::size_of::<Lb4Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<Lb4RevNat>() == 8);
 const _: () = assert!(core::mem::size_of::<Lb4AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Lb4AffinityEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<Lb4SockKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Lb4SockRevNat>() == 8);
 
 #[cfg(test)]
 mod tests {
@@ -162,5 +193,15 @@ mod tests {
             h,
             flow_hash([10, 42, 0, 10], [10, 43, 0, 20], 40000, 80, 17)
         );
+    }
+
+    #[test]
+    fn cookie_hash_spreads_consecutive_cookies_and_sees_the_high_word() {
+        let mut slots = [0u32; 7];
+        for cookie in 4096..11096u64 {
+            slots[(cookie_hash(cookie) % 7) as usize] += 1;
+        }
+        assert!(slots.iter().all(|&n| (900..1100).contains(&n)), "{slots:?}");
+        assert_ne!(cookie_hash(1), cookie_hash(1 | 1 << 32));
     }
 }

@@ -26,7 +26,10 @@ pub use endpoint::{EndpointInfo, EndpointKey};
 pub use event::{Event, EventKind};
 pub use hook::Hook;
 pub use ipcache::IpcacheEntry;
-pub use lb::{Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service};
+pub use lb::{
+    Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, Lb4SockKey,
+    Lb4SockRevNat,
+};
 pub use metrics::{MetricsKey, MetricsValue};
 pub use nat::{NatEntry4, NatKey4};
 pub use node::NodeConfig;
@@ -47,9 +50,10 @@ pub mod maps {
     pub const LB4_AFFINITY: &str = "weft_lb4_affinity";
     pub const LB4_MAGLEV: &str = "weft_lb4_maglev";
     pub const CT4: &str = "weft_ct4";
+    pub const LB4_SOCK_REVNAT: &str = "weft_lb4_sock_revnat";
 
     /// Every map of the object; all of them are pinned in the node's pin directory.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         EVENTS,
         METRICS,
         CONFIG,
@@ -63,6 +67,7 @@ pub mod maps {
         LB4_AFFINITY,
         LB4_MAGLEV,
         CT4,
+        LB4_SOCK_REVNAT,
     ];
 }
 
@@ -71,6 +76,17 @@ pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const TO_CONTAINER: &str = "to_container";
     pub const XDP_ENTRY: &str = "xdp_entry";
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// The socket LB programs, attached together to one cgroup.
+    pub const SOCKET_LB: [&str; 4] = [
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
     pub const FROM_NETDEV: &str = "from_netdev";
     pub const TO_NETDEV: &str = "to_netdev";
 }
@@ -104,6 +120,8 @@ impl_pod!(
     Lb4RevNat,
     Lb4AffinityKey,
     Lb4AffinityEntry,
+    Lb4SockKey,
+    Lb4SockRevNat,
     CtKey4,
     CtEntry4,
 );

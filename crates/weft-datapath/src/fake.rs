@@ -1,6 +1,9 @@
 //! An in-memory [`Datapath`] for tests without root.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::bail;
 use weft_common::{
@@ -34,6 +37,10 @@ pub struct FakeDatapath {
     pub snat: BTreeMap<NatKey4, NatEntry4>,
     /// Interfaces whose driver has no native XDP: attaching `xdp_entry` to them fails.
     pub without_native_xdp: BTreeSet<String>,
+    /// Cgroups that exist: socket LB attaches only to these.
+    pub cgroups: BTreeSet<PathBuf>,
+    /// The cgroup socket LB is attached to.
+    pub socket_lb: Option<PathBuf>,
     /// Every call that changed state, in order, for assertions.
     pub log: Vec<String>,
 }
@@ -252,6 +259,30 @@ impl Datapath for FakeDatapath {
 
     fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()> {
         self.snat.remove(&key);
+        Ok(())
+    }
+
+    fn socket_lb(&self) -> anyhow::Result<Option<PathBuf>> {
+        Ok(self.socket_lb.clone())
+    }
+
+    fn set_socket_lb(&mut self, cgroup: Option<&Path>) -> anyhow::Result<()> {
+        if self.socket_lb.as_deref() == cgroup {
+            return Ok(());
+        }
+        if let Some(cgroup) = cgroup
+            && !self.cgroups.contains(cgroup)
+        {
+            bail!("no cgroup {}", cgroup.display());
+        }
+        if let Some(old) = self.socket_lb.take() {
+            self.log.push(format!("detach socket-lb {}", old.display()));
+        }
+        if let Some(cgroup) = cgroup {
+            self.log
+                .push(format!("attach socket-lb {}", cgroup.display()));
+            self.socket_lb = Some(cgroup.to_path_buf());
+        }
         Ok(())
     }
 }

@@ -7,15 +7,20 @@
 //! implements it in memory so reconcile logic is tested without root.
 
 pub mod bpffs;
+pub mod cgroup;
 pub mod events;
 pub mod fake;
 pub mod lb_maps;
 pub mod maps;
 pub mod node;
 pub mod object;
+pub mod socket_lb;
 pub mod testrun;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 pub use fake::FakeDatapath;
@@ -86,6 +91,11 @@ pub trait Datapath {
     /// `weft_snat4`.
     fn snat_entries(&self) -> anyhow::Result<Vec<(NatKey4, NatEntry4)>>;
     fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()>;
+    /// The cgroup whose sockets socket LB translates, if it is attached.
+    fn socket_lb(&self) -> anyhow::Result<Option<PathBuf>>;
+    /// Attaches socket LB to `cgroup` (moving it from any other cgroup), or detaches it with
+    /// `None`. Calling it again with the same cgroup changes nothing.
+    fn set_socket_lb(&mut self, cgroup: Option<&Path>) -> anyhow::Result<()>;
 }
 
 /// What [`reconcile_attachments`] did: the changes made, and the ones that failed.

@@ -246,6 +246,7 @@ mod root_tests {
             snat_port_max: 65535,
             flags: 1,
             _pad: 0,
+            netns_cookie: 0,
         };
         dp.set_node(node).unwrap();
         assert_eq!(dp.node().unwrap(), node);

@@ -70,7 +70,7 @@ impl NodeDatapath {
     }
 }
 
-fn links_dir(pin_dir: &Path) -> PathBuf {
+pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
@@ -85,6 +85,30 @@ fn parse_link_pin_name(name: &str) -> Option<Attachment> {
         ifname: ifname.to_string(),
         hook: Hook::from_name(hook)?,
     })
+}
+
+/// Detaches the link pinned at `pin` by removing its pin.
+pub(crate) fn unpin_link(pin: &Path) -> anyhow::Result<()> {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            // Unpinning drops the last reference once `link` goes out of scope: the kernel
+            // detaches.
+            link.unpin()
+                .with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+        // A link whose interface (or cgroup) vanished may no longer open as a link; the pin is
+        // all that is left of it, and removing it is the whole detach.
+        Err(open_error) if pin.exists() => fs::remove_file(pin).with_context(|| {
+            format!(
+                "removing pin {} (it does not open: {open_error})",
+                pin.display()
+            )
+        })?,
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Attachments recorded in a node's pin directory, without loading anything.
@@ -193,27 +217,7 @@ impl Datapath for NodeDatapath {
     }
 
     fn detach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
-        let pin = self.link_pin(attachment);
-        match PinnedLink::from_pin(&pin) {
-            Ok(link) => {
-                // Unpinning drops the last reference once `link` goes out of scope: the kernel
-                // detaches.
-                link.unpin()
-                    .with_context(|| format!("unpinning {}", pin.display()))?;
-            }
-            // A link whose interface vanished may no longer open as a link; the pin is all
-            // that is left of it, and removing it is the whole detach.
-            Err(open_error) if pin.exists() => fs::remove_file(&pin).with_context(|| {
-                format!(
-                    "removing pin {} (it does not open: {open_error})",
-                    pin.display()
-                )
-            })?,
-            Err(e) => {
-                return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
-            }
-        }
-        Ok(())
+        unpin_link(&self.link_pin(attachment))
     }
 
     fn attachments(&self) -> anyhow::Result<BTreeSet<Attachment>> {
@@ -337,6 +341,14 @@ impl Datapath for NodeDatapath {
 
     fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()> {
         DatapathMaps::from_pins(&self.pin_dir)?.delete_snat(key)
+    }
+
+    fn socket_lb(&self) -> anyhow::Result<Option<PathBuf>> {
+        crate::socket_lb::attached_cgroup(&self.pin_dir)
+    }
+
+    fn set_socket_lb(&mut self, cgroup: Option<&Path>) -> anyhow::Result<()> {
+        crate::socket_lb::set_socket_lb(&mut self.ebpf, &self.pin_dir, cgroup)
     }
 }
 

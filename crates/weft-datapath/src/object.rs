@@ -3,7 +3,7 @@
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    programs::{Program, ProgramError, SchedClassifier, Xdp},
+    programs::{CgroupSockAddr, Program, ProgramError, SchedClassifier, Xdp},
 };
 
 /// The ELF object holding every Weft program.
@@ -55,7 +55,7 @@ where
         .with_context(|| format!("program {name} is not of the expected type"))
 }
 
-/// Loads (verifies) every program the hooks use.
+/// Loads (verifies) every program the hooks and socket LB use.
 pub(crate) fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     for (name, kind) in programs() {
         match kind {
@@ -63,6 +63,11 @@ pub(crate) fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             AttachKind::Xdp => program::<Xdp>(ebpf, name)?.load(),
         }
         .with_context(|| format!("verifying program {name}"))?;
+    }
+    for name in weft_common::programs::SOCKET_LB {
+        program::<CgroupSockAddr>(ebpf, name)?
+            .load()
+            .with_context(|| format!("verifying program {name}"))?;
     }
     Ok(())
 }

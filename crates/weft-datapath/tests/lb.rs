@@ -154,6 +154,7 @@ fn node_with_service(proto: u8, active: &[u32]) -> TestHarness {
             snat_port_max: 65535,
             flags: NODE_MASQUERADE_FLAG,
             _pad: 0,
+            netns_cookie: 0,
         })
         .expect("node");
     place(&mut h, Sender::Client);

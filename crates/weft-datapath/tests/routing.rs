@@ -56,6 +56,7 @@ fn node(snat_port_min: u16, snat_port_max: u16) -> NodeConfig {
         snat_port_max,
         flags: NODE_MASQUERADE_FLAG,
         _pad: 0,
+        netns_cookie: 0,
     }
 }
 

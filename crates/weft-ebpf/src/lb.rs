@@ -21,10 +21,10 @@ use crate::{
     skb::{self, IP_DST_OFF, IP_SRC_OFF},
 };
 
-/// A service the packet is addressed to.
+/// A service a packet or a socket is addressed to.
 pub struct Frontend {
     key: Lb4Key,
-    svc: Lb4Service,
+    pub svc: Lb4Service,
 }
 
 /// Only TCP and UDP are balanced; a later fragment has no ports to look up.
@@ -39,10 +39,16 @@ pub fn frontend(h: &Headers) -> Option<Frontend> {
     if !balanced(h) {
         return None;
     }
+    frontend_of(h.dst_v4(), h.dst_port, h.l4_proto)
+}
+
+/// The service whose frontend is (`address`, `port` in host order, `proto`), if any.
+#[inline(always)]
+pub fn frontend_of(address: [u8; 4], port: u16, proto: u8) -> Option<Frontend> {
     let key = Lb4Key {
-        address: h.dst_v4(),
-        port: h.dst_port,
-        proto: h.l4_proto,
+        address,
+        port,
+        proto,
         scope: LB_SCOPE_EXTERNAL,
         slot: 0,
         _pad: [0; 2],
@@ -117,7 +123,7 @@ fn reply_key_of(service: &CtKey4, backend: &Lb4Backend) -> CtKey4 {
 }
 
 #[inline(always)]
-fn backend(id: u32) -> Option<Lb4Backend> {
+pub fn backend(id: u32) -> Option<Lb4Backend> {
     // SAFETY: copied out at once.
     unsafe { LB4_BACKENDS.get(id) }.copied()
 }
@@ -136,11 +142,15 @@ fn select(service: &CtKey4, fe: &Frontend, now: u32) -> Result<u32, Reason> {
         remember(&key, id, now);
         return Ok(id);
     }
-    let id = if fe.svc.algorithm == LB_ALG_MAGLEV {
-        maglev_backend(service, &fe.svc)?
-    } else {
-        random_backend(fe)?
-    };
+    let id = pick_backend(fe, || {
+        flow_hash(
+            service.saddr,
+            service.daddr,
+            service.sport,
+            service.dport,
+            service.proto,
+        )
+    })?;
     if affinity {
         remember(&key, id, now);
     }
@@ -168,18 +178,22 @@ fn remember(key: &Lb4AffinityKey, backend_id: u32, now: u32) {
     let _ = LB4_AFFINITY.insert(key, entry, BPF_ANY as u64);
 }
 
+/// A backend id of the service by its algorithm, affinity aside: Maglev's slot for
+/// `maglev_hash` (asked only for a Maglev service), else a random active backend.
 #[inline(always)]
-fn maglev_backend(service: &CtKey4, svc: &Lb4Service) -> Result<u32, Reason> {
+pub fn pick_backend(fe: &Frontend, maglev_hash: impl FnOnce() -> u32) -> Result<u32, Reason> {
+    if fe.svc.algorithm == LB_ALG_MAGLEV {
+        maglev_backend(maglev_hash(), &fe.svc)
+    } else {
+        random_backend(fe)
+    }
+}
+
+#[inline(always)]
+fn maglev_backend(hash: u32, svc: &Lb4Service) -> Result<u32, Reason> {
     if svc.maglev_size == 0 {
         return Err(Reason::BackendMissing);
     }
-    let hash = flow_hash(
-        service.saddr,
-        service.daddr,
-        service.sport,
-        service.dport,
-        service.proto,
-    );
     let slot = hash % svc.maglev_size;
     let table = svc.rev_nat_index as u32;
     // SAFETY: the id is copied out at once.

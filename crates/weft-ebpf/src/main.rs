@@ -19,11 +19,12 @@ mod packet;
 mod parse;
 mod reject;
 mod skb;
+mod sock;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// tcx ingress of a pod's host-side veth: every packet the pod sends.
@@ -54,6 +55,30 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn xdp_entry(ctx: XdpContext) -> u32 {
     netdev::xdp(&ctx)
+}
+
+/// cgroup connect4 of the node's cgroup: TCP connections and connected UDP sockets.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// cgroup sendmsg4: UDP datagrams sent to an address.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// cgroup recvmsg4: the source a UDP datagram reads as.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
+}
+
+/// cgroup getpeername4: the peer a connected socket reads as.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
 }
 
 #[cfg(not(test))]

@@ -9,12 +9,14 @@ use aya_ebpf::{
 };
 use weft_common::{
     CtEntry4, CtKey4, DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, Lb4AffinityEntry,
-    Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, MetricsKey, MetricsValue, NatEntry4,
-    NatKey4, NodeConfig,
+    Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, Lb4SockKey, Lb4SockRevNat,
+    MetricsKey, MetricsValue, NatEntry4, NatKey4, NodeConfig,
     ct::CT4_MAX,
     endpoint::ENDPOINTS_MAX,
     ipcache::IPCACHE_MAX,
-    lb::{LB4_AFFINITY_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_SERVICES_MAX},
+    lb::{
+        LB4_AFFINITY_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_SERVICES_MAX, LB4_SOCK_REVNAT_MAX,
+    },
     nat::SNAT_MAX,
 };
 
@@ -75,6 +77,11 @@ pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, Lb4AffinityEntry> =
 /// Load-balanced flows, two entries each (see `weft_common::ct`).
 #[map(name = "weft_ct4")]
 pub static CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::with_max_entries(CT4_MAX, 0);
+
+/// Socket LB: the frontend each socket asked for, by socket and the backend it was given.
+#[map(name = "weft_lb4_sock_revnat")]
+pub static LB4_SOCK_REVNAT: LruHashMap<Lb4SockKey, Lb4SockRevNat> =
+    LruHashMap::with_max_entries(LB4_SOCK_REVNAT_MAX, 0);
 
 /// One Maglev lookup table per service (key: service id), each an array of backend ids whose
 /// length is the cluster's `maglev.tableSize`. `BPF_F_INNER_MAP` lets the agent size the inner

@@ -22,8 +22,7 @@ const FALLBACK_CGROUP2: &str = "/run/weft/cgroup2";
 
 /// The mount point of the cgroup2 hierarchy, if the machine has one.
 pub(crate) fn find_cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    cgroup2_in_mountinfo(&mountinfo)
+    weft_datapath::cgroup::find_cgroup2_root()
 }
 
 /// The cgroup2 mount point, mounting cgroup2 at /run/weft/cgroup2 when there is none.
@@ -45,40 +44,6 @@ pub(crate) fn ensure_cgroup2_root() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("mount -t cgroup2 cgroup2 {}", root.display()))?;
     }
     Ok(root)
-}
-
-/// The first cgroup2 mount point listed in a /proc/<pid>/mountinfo text.
-fn cgroup2_in_mountinfo(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let fstype = after.split(' ').next()?;
-        let mount_point = before.split(' ').nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|o| {
-            let s = std::str::from_utf8(o).ok()?;
-            u8::from_str_radix(s, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `name` is one of lab `lab`'s namespaces: `<lab>-inet`, `<lab>-client`,
@@ -209,27 +174,5 @@ mod tests {
         ] {
             assert!(!is_lab_netns("ab", name), "{name}");
         }
-    }
-
-    #[test]
-    fn finds_the_cgroup2_mount_point() {
-        let mountinfo = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            cgroup2_in_mountinfo(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let spaced = "41 31 0:38 / /mnt/cg\\040two rw shared:9 - cgroup2 none rw\n";
-        assert_eq!(
-            cgroup2_in_mountinfo(spaced),
-            Some(PathBuf::from("/mnt/cg two"))
-        );
-        assert_eq!(
-            cgroup2_in_mountinfo("32 31 0:29 / /x rw - cgroup c rw\n"),
-            None
-        );
     }
 }
