@@ -29,6 +29,7 @@ use weft_datapath::{monotonic_ns, running_as_root, testrun::TestHarness};
 use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_SYN, checksum::internet_checksum};
 
 const TC_ACT_REDIRECT: i32 = 7;
+const TC_ACT_SHOT: i32 = weft_common::net::TC_ACT_SHOT;
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 10);
@@ -368,14 +369,17 @@ fn an_established_flow_keeps_its_backend_and_a_vanished_backend_is_replaced() {
     assert_eq!(ct_entry(&h, &service).map(|e| e.backend_id), Some(2));
 }
 
-/// The ICMP port unreachable the ClusterIP "sends" for `offending` (an Ethernet frame).
+/// The ICMP port unreachable the ClusterIP "sends" for `offending` (an Ethernet frame): it
+/// quotes the whole IP packet.
 fn port_unreachable_for(offending: &[u8]) -> Vec<u8> {
-    let quote = &offending[14..42];
+    let quote = &offending[14..];
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(quote);
     let sum = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0];
+    let total = u16::try_from(20 + icmp.len()).expect("small");
+    let [hi, lo] = total.to_be_bytes();
+    let mut ip = vec![0x45, 0, hi, lo, 0, 0, 0, 0, 64, 1, 0, 0];
     ip.extend_from_slice(&CLUSTER_IP.octets());
     ip.extend_from_slice(&CLIENT.octets());
     let sum = internet_checksum(&ip);
@@ -408,6 +412,17 @@ fn a_service_without_backends_is_refused_with_port_unreachable() {
         "no event named 'no service backend'"
     );
     assert!(h.lb.ct().expect("ct").is_empty(), "no flow recorded");
+
+    // A packet too long to quote whole is only dropped, under the same reason.
+    let big = to_service(40005, TCP_ACK).payload(&[7u8; 600]).build();
+    let out = h.run(FROM_CONTAINER, &big).expect("run");
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert!(
+        h.maps
+            .drain_events()
+            .iter()
+            .any(|e| Reason::from_u8(e.reason) == Some(Reason::NoServiceBackend))
+    );
 }
 
 #[test]

@@ -56,6 +56,10 @@ pub static SNAT4: LruHashMap<NatKey4, NatEntry4> = LruHashMap::with_max_entries(
 pub static SCRATCH: PerCpuArray<crate::parse::Headers> =
     PerCpuArray::with_max_entries(weft_common::Hook::SLOTS, 0);
 
+/// Scratch space for the packet an ICMP error quotes, to checksum it.
+#[map(name = "weft_quote")]
+pub static QUOTE: PerCpuArray<[u8; crate::reject::QUOTE_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Service frontends (slot 0) and their active backends (slots 1..=count).
 #[map(name = "weft_lb4_services")]
 pub static LB4_SERVICES: HashMap<Lb4Key, Lb4Service> =

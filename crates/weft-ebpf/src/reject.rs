@@ -3,7 +3,8 @@
 //! "connection refused" and a UDP socket sees the error, instead of waiting for a timeout.
 
 use aya_ebpf::{
-    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, helpers::bpf_skb_change_tail,
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    helpers::{bpf_csum_diff, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use weft_common::{
@@ -12,6 +13,7 @@ use weft_common::{
 };
 
 use crate::{
+    maps::QUOTE,
     parse::{EthHdr, Headers, Ipv4Hdr},
     skb,
     verdict::Verdict,
@@ -19,10 +21,11 @@ use crate::{
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
-/// What an ICMP error quotes of the offending packet: its IP header (without options) and the
-/// first 8 bytes of its payload.
-const QUOTE_LEN: usize = IPV4_MIN_HLEN + 8;
 const ICMP_HLEN: usize = 8;
+/// An ICMP error quotes at least the offending packet's IP header and 8 bytes of its payload.
+const QUOTE_MIN: usize = IPV4_MIN_HLEN + 8;
+/// The largest packet quoted whole (and the checksum helper's limit); a larger one is dropped.
+pub const QUOTE_MAX: usize = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -33,7 +36,9 @@ struct Reply {
 }
 
 /// Sends `pod` a port unreachable from the destination of its packet `h`; the packet is
-/// accounted under `reason`. Packets with IP options are only dropped.
+/// accounted under `reason`. The whole packet is quoted: trimming it is refused by the kernel
+/// while a socket's checksum offload is pending on it (`CHECKSUM_PARTIAL`, every TCP SYN).
+/// Packets with IP options, or longer than [`QUOTE_MAX`], are only dropped.
 #[inline(always)]
 pub fn port_unreachable(
     ctx: &TcContext,
@@ -41,26 +46,66 @@ pub fn port_unreachable(
     pod: &EndpointInfo,
     reason: Reason,
 ) -> Result<Verdict, Reason> {
-    if h.l4_off as usize != ETH_HLEN + IPV4_MIN_HLEN {
+    let quoted = (ctx.len() as usize).wrapping_sub(ETH_HLEN);
+    if h.l4_off as usize != ETH_HLEN + IPV4_MIN_HLEN || !(QUOTE_MIN..=QUOTE_MAX).contains(&quoted) {
         return Err(reason);
     }
-    let quote: [u8; QUOTE_LEN] = ctx.load(ETH_HLEN).map_err(|_| reason)?;
-    // SAFETY: helper on the live skb; the new length is within the packet (the quote loaded).
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + QUOTE_LEN) as u32, 0) } != 0 {
-        return Err(reason);
-    }
+    let quote_sum = quote_sum(ctx, quoted).ok_or(reason)?;
     let room = (IPV4_MIN_HLEN + ICMP_HLEN) as i32;
     ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| reason)?;
-    skb::store(ctx, 0, &reply_headers(h, pod, &quote), reason)?;
+    skb::store(ctx, 0, &reply_headers(h, pod, quoted, quote_sum), reason)?;
     Ok(skb::redirect_back_to_pod(ctx).with_reason(reason))
 }
 
+/// The ones' complement sum, in big-endian words, of the `len` bytes after the Ethernet header.
 #[inline(always)]
-fn reply_headers(h: &Headers, pod: &EndpointInfo, quote: &[u8; QUOTE_LEN]) -> Reply {
-    let total = (IPV4_MIN_HLEN + ICMP_HLEN + QUOTE_LEN) as u16;
+fn quote_sum(ctx: &TcContext, len: usize) -> Option<u32> {
+    let buf = QUOTE.get_ptr_mut(0)?;
+    // Bounds the verifier can follow: 1..=QUOTE_MAX bytes, padded to 4 with zeroes (which do
+    // not change the sum) for the checksum helper. The volatile read keeps the compiler from
+    // dropping the mask as redundant.
+    // SAFETY: a read of a local.
+    let len = unsafe { core::ptr::read_volatile(&len) } & (2 * QUOTE_MAX - 1);
+    if len == 0 || len > QUOTE_MAX {
+        return None;
+    }
+    // SAFETY: `buf` is a QUOTE_MAX-byte map value and len <= QUOTE_MAX.
+    let loaded =
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), ETH_HLEN as u32, buf.cast(), len as u32) };
+    if loaded != 0 {
+        return None;
+    }
+    let padded = (len + 3) & !3;
+    for i in 0..3 {
+        let at = len + i;
+        if at < padded && at < QUOTE_MAX {
+            // SAFETY: at < QUOTE_MAX.
+            unsafe { (*buf)[at] = 0 };
+        }
+    }
+    // SAFETY: a read of a local.
+    let padded = unsafe { core::ptr::read_volatile(&padded) } & (2 * QUOTE_MAX - 1);
+    if padded > QUOTE_MAX {
+        return None;
+    }
+    // SAFETY: `buf` holds `padded` readable bytes.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf.cast(), padded as u32, 0) };
+    if sum < 0 {
+        return None;
+    }
+    // The helper adds host-order (little-endian) words: fold, then swap to big-endian.
+    let sum = sum as u32;
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = ((folded & 0xffff) + (folded >> 16)) as u16;
+    Some(u32::from(folded.swap_bytes()))
+}
+
+#[inline(always)]
+fn reply_headers(h: &Headers, pod: &EndpointInfo, quoted: usize, quote_sum: u32) -> Reply {
+    let total = (IPV4_MIN_HLEN + ICMP_HLEN + quoted) as u16;
     let mut icmp = [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
-    let sum = skb::sum_words(quote, skb::sum_words(&icmp, 0));
+    let sum = skb::sum_words(&icmp, quote_sum);
     icmp[2..4].copy_from_slice(&skb::fold(sum).to_be_bytes());
     Reply {
         eth: EthHdr {

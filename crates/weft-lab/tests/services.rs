@@ -328,6 +328,21 @@ fn pods_reach_cluster_ips_balanced_in_tc() {
         assert_eq!(from, SocketAddr::V4(dns), "{}", client.name);
     }
 
+    // With the socket load balancer off, a process in the node's cgroup is balanced in tc: its
+    // flow has a service conntrack entry (the socket test below checks there is none).
+    let earlier: BTreeSet<SocketAddr> = web1.peers().into_iter().chain(web2.peers()).collect();
+    assert_eq!(
+        socket_probe(&cluster, "default/cl", web, false),
+        SocketAddr::V4(web)
+    );
+    let probe = web1
+        .peers()
+        .into_iter()
+        .chain(web2.peers())
+        .find(|c| !earlier.contains(c))
+        .expect("the probe reached a backend");
+    assert_eq!(service_flows_of(&cluster, "vps1", probe), 1);
+
     // Session affinity: one client, one backend.
     let sticky = SocketAddrV4::new(STICKY_IP, 80);
     let mut served = BTreeSet::new();
@@ -482,9 +497,11 @@ fn the_socket_load_balancer_translates_once_per_connection() {
     let web2 = Backend::start(&cluster.pod("web-2"));
     let cl = cluster.pod("cl");
     let web = SocketAddrV4::new(WEB_IP, 80);
+    // The agents have the service (a connection of this process, balanced in tc).
     eventually(TIMEOUT, || {
         tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
     });
+    let earlier: BTreeSet<SocketAddr> = web1.peers().into_iter().chain(web2.peers()).collect();
 
     // From a pod process and from the node itself: getpeername and recvfrom show the
     // ClusterIP, the backend sees the client, and tc never saw the ClusterIP (no service
@@ -501,7 +518,12 @@ fn the_socket_load_balancer_translates_once_per_connection() {
             );
         }
     }
-    let clients: Vec<SocketAddr> = web1.peers().into_iter().chain(web2.peers()).collect();
+    let clients: Vec<SocketAddr> = web1
+        .peers()
+        .into_iter()
+        .chain(web2.peers())
+        .filter(|c| !earlier.contains(c))
+        .collect();
     let cl_ip = pod_address(&cl);
     let from_cl: Vec<&SocketAddr> = clients.iter().filter(|c| c.ip() == cl_ip).collect();
     assert!(from_cl.len() >= 8, "{clients:?}");
