@@ -477,12 +477,128 @@ fn socket_probe(cluster: &TestCluster, target: &str, to: SocketAddrV4, udp: bool
         .unwrap_or_else(|_| panic!("no peer in {stdout}"))
 }
 
+/// `weft-netbench probe` from `target` to `to`; returns the peer its socket showed and the
+/// service conntrack entries its flow left on the nodes (0: balanced at the socket).
+fn probe_and_count_flows(
+    cluster: &TestCluster,
+    backends: &[&Backend],
+    target: &str,
+    to: SocketAddrV4,
+    udp: bool,
+) -> (SocketAddr, usize) {
+    let earlier: BTreeSet<SocketAddr> = backends.iter().flat_map(|b| b.peers()).collect();
+    let peer = socket_probe(cluster, target, to, udp);
+    let client = backends
+        .iter()
+        .flat_map(|b| b.peers())
+        .find(|c| !earlier.contains(c))
+        .unwrap_or_else(|| panic!("the probe from {target} reached no backend"));
+    let flows = ["vps1", "vps2"]
+        .iter()
+        .map(|node| service_flows_of(cluster, node, client))
+        .sum();
+    (peer, flows)
+}
+
+/// A cluster with socket LB on (`values`), pods cl (vps1), far (vps2), web-1 (vps1), web-2
+/// (vps2) serving `web`; checks for each target whether its TCP and UDP flows are balanced at
+/// the socket (`at_socket`) or in tc; either way the client sees the ClusterIP.
+fn check_socket_lb(tag: &str, values: &str, targets: &[(&str, bool)]) {
+    let cluster = TestCluster::up(tag, 2, Some(values));
+    let pods = [
+        pod("cl", "vps1", "client"),
+        pod("far", "vps2", "client"),
+        pod("web-1", "vps1", "web"),
+        pod("web-2", "vps2", "web"),
+    ]
+    .join("---\n");
+    cluster.apply_text("pods.yaml", &pods).expect("apply pods");
+    cluster
+        .apply_text("services.yaml", SERVICES)
+        .expect("apply services");
+    let web1 = Backend::start(&cluster.pod("web-1"));
+    let web2 = Backend::start(&cluster.pod("web-2"));
+    let cl = cluster.pod("cl");
+    let web = SocketAddrV4::new(WEB_IP, 80);
+    let dns = SocketAddrV4::new(WEB_IP, 53);
+    // The agents have the service (a connection of this process, balanced in tc).
+    eventually(TIMEOUT, || {
+        tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
+    });
+    for &(target, at_socket) in targets {
+        for (to, udp) in [(web, false), (web, false), (dns, true), (dns, true)] {
+            let (peer, flows) = probe_and_count_flows(&cluster, &[&web1, &web2], target, to, udp);
+            assert_eq!(peer, SocketAddr::V4(to), "{target}: getpeername/recvfrom");
+            let expected = usize::from(!at_socket);
+            assert_eq!(flows, expected, "{target} -> {to}: service flows in tc");
+        }
+    }
+    let name = cluster.lab.name.clone();
+    drop((web1, web2));
+    drop(cluster);
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
 #[test]
 fn the_socket_load_balancer_translates_once_per_connection() {
     if !running_as_root("the_socket_load_balancer_translates_once_per_connection") {
         return;
     }
-    let cluster = TestCluster::up("sock", 2, Some("socketLB: {enabled: true}\n"));
+    check_socket_lb(
+        "sock",
+        "socketLB: {enabled: true}\n",
+        &[("default/cl", true), ("default/far", true), ("vps1", true)],
+    );
+}
+
+#[test]
+fn with_host_namespace_only_pods_are_balanced_in_tc() {
+    if !running_as_root("with_host_namespace_only_pods_are_balanced_in_tc") {
+        return;
+    }
+    check_socket_lb(
+        "sockh",
+        "socketLB: {enabled: true, hostNamespaceOnly: true}\n",
+        &[
+            ("default/cl", false),
+            ("default/far", false),
+            ("vps1", true),
+        ],
+    );
+}
+
+/// The Maglev table of frontend `ip`:80/TCP on `node`, each slot as its backend's address.
+fn maglev_addresses(cluster: &TestCluster, node: &str, ip: Ipv4Addr) -> Vec<Ipv4Addr> {
+    let node = cluster.lab.node(node).expect("node");
+    let maps = LbMaps::from_pins(&node.pin_dir).expect("LB maps");
+    let id = maps
+        .services()
+        .expect("services")
+        .into_iter()
+        .find(|(k, _)| k.address == ip.octets() && k.port == 80 && k.proto == 6 && k.slot == 0)
+        .map(|(_, svc)| svc.rev_nat_index)
+        .expect("the frontend");
+    let backends: std::collections::BTreeMap<u32, Ipv4Addr> = maps
+        .backends()
+        .expect("backends")
+        .into_iter()
+        .map(|(id, b)| (id, Ipv4Addr::from(b.address)))
+        .collect();
+    maps.maglev(id)
+        .expect("read")
+        .expect("a Maglev table")
+        .iter()
+        .map(|b| backends[b])
+        .collect()
+}
+
+#[test]
+fn maglev_tables_are_the_same_on_every_node_and_spread_flows() {
+    if !running_as_root("maglev_tables_are_the_same_on_every_node_and_spread_flows") {
+        return;
+    }
+    let values = "loadBalancer: {algorithm: maglev}\nmaglev: {tableSize: 1021}\nsocketLB: {enabled: false}\n";
+    let cluster = TestCluster::up("mag", 2, Some(values));
     let pods = [
         pod("cl", "vps1", "client"),
         pod("web-1", "vps1", "web"),
@@ -497,43 +613,19 @@ fn the_socket_load_balancer_translates_once_per_connection() {
     let web2 = Backend::start(&cluster.pod("web-2"));
     let cl = cluster.pod("cl");
     let web = SocketAddrV4::new(WEB_IP, 80);
-    // The agents have the service (a connection of this process, balanced in tc).
     eventually(TIMEOUT, || {
         tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
     });
-    let earlier: BTreeSet<SocketAddr> = web1.peers().into_iter().chain(web2.peers()).collect();
-
-    // From a pod process and from the node itself: getpeername and recvfrom show the
-    // ClusterIP, the backend sees the client, and tc never saw the ClusterIP (no service
-    // conntrack entry for the flow).
-    for target in ["default/cl", "vps1"] {
-        for _ in 0..4 {
-            let peer = socket_probe(&cluster, target, web, false);
-            assert_eq!(peer, SocketAddr::V4(web), "{target}");
-            let peer = socket_probe(&cluster, target, SocketAddrV4::new(WEB_IP, 53), true);
-            assert_eq!(
-                peer,
-                SocketAddr::V4(SocketAddrV4::new(WEB_IP, 53)),
-                "{target}"
-            );
-        }
+    let mut served = BTreeSet::new();
+    for _ in 0..24 {
+        let (peer, local) = tcp_probe(&cl.netns, web).expect("maglev service");
+        assert_eq!(peer, SocketAddr::V4(web));
+        served.insert(served_by(&[&web1, &web2], local).expect("served"));
     }
-    let clients: Vec<SocketAddr> = web1
-        .peers()
-        .into_iter()
-        .chain(web2.peers())
-        .filter(|c| !earlier.contains(c))
-        .collect();
-    let cl_ip = pod_address(&cl);
-    let from_cl: Vec<&SocketAddr> = clients.iter().filter(|c| c.ip() == cl_ip).collect();
-    assert!(from_cl.len() >= 8, "{clients:?}");
-    for client in from_cl {
-        assert_eq!(
-            service_flows_of(&cluster, "vps1", *client),
-            0,
-            "{client} was translated at the socket, not in tc"
-        );
-    }
+    assert_eq!(served.len(), 2, "{served:?}");
+    let table = maglev_addresses(&cluster, "vps1", WEB_IP);
+    assert_eq!(table.len(), 1021);
+    assert_eq!(table, maglev_addresses(&cluster, "vps2", WEB_IP));
     let name = cluster.lab.name.clone();
     drop((web1, web2));
     drop(cluster);
