@@ -60,7 +60,7 @@ def lab_tables():
                 cells += [fmt.format(med[path, count]),
                           f"{fmt.format(min(values))}–{fmt.format(max(values))}"]
             r = ratio(med["service", count], med["direct", count], higher)
-            verdicts.append((f"{measure}, {count} services: service within 5% of direct", r))
+            verdicts.append((f"{measure}, {count:,} services: service within 5% of direct", r))
             print(f"| {count:,} | " + " | ".join(cells) + f" | {r:.2f} | {verdict(r)} |")
         print()
         flatness(measure, med, higher, verdicts)
