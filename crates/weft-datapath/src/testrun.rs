@@ -1,6 +1,8 @@
 //! Running the datapath's programs on crafted packets with BPF_PROG_TEST_RUN: the object is
 //! loaded with private (unpinned) maps, so each harness starts from empty state.
 
+use std::time::Duration;
+
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
@@ -30,9 +32,17 @@ pub struct RunOutcome {
 impl TestHarness {
     /// Loads every program of the object. Needs root (CAP_BPF).
     pub fn load() -> anyhow::Result<TestHarness> {
-        let mut ebpf = EbpfLoader::new()
-            .load(BPF_OBJECT)
-            .context("loading the BPF object")?;
+        TestHarness::load_with_max_entries(&[])
+    }
+
+    /// Like [`TestHarness::load`], with the named maps sized to the given number of entries
+    /// instead of the object's (benchmarks: more services than the datapath's maps hold).
+    pub fn load_with_max_entries(sizes: &[(&str, u32)]) -> anyhow::Result<TestHarness> {
+        let mut loader = EbpfLoader::new();
+        for &(name, entries) in sizes {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(BPF_OBJECT).context("loading the BPF object")?;
         load_programs(&mut ebpf)?;
         let maps = DatapathMaps::take_from(&mut ebpf)?;
         let lb = LbMaps::take_from(&mut ebpf)?;
@@ -41,6 +51,16 @@ impl TestHarness {
 
     /// Runs `program` once on `packet`.
     pub fn run(&mut self, program: &str, packet: &[u8]) -> anyhow::Result<RunOutcome> {
+        self.run_timed(program, packet).map(|(outcome, _)| outcome)
+    }
+
+    /// Runs `program` once on `packet`; also returns how long the run took by the kernel's
+    /// clock (BPF_PROG_TEST_RUN's duration: the program, without the syscall around it).
+    pub fn run_timed(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+    ) -> anyhow::Result<(RunOutcome, Duration)> {
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(packet),
@@ -55,10 +75,11 @@ impl TestHarness {
         }
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
         out.truncate(result.data_size_out as usize);
-        Ok(RunOutcome {
+        let outcome = RunOutcome {
             verdict: result.return_value as i32,
             packet: out,
-        })
+        };
+        Ok((outcome, result.duration))
     }
 }
 
