@@ -57,6 +57,7 @@ pub fn harness(services: u32) -> anyhow::Result<TestHarness> {
         snat_port_max: 65535,
         flags: NODE_MASQUERADE_FLAG,
         _pad: 0,
+        netns_cookie: 0,
     })?;
     // BPF_PROG_TEST_RUN runs tc programs on the loopback device: the sender is ifindex 1.
     put_endpoint(&mut h, CLIENT, 1, CLIENT_MAC, CLIENT_HOST_MAC)?;

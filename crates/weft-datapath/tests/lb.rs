@@ -328,6 +328,38 @@ fn the_reply_path_through_the_stack_is_reverse_translated_in_to_container() {
 }
 
 #[test]
+fn a_direct_connection_reusing_a_closed_flows_tuple_is_not_reverse_translated() {
+    if !running_as_root(
+        "a_direct_connection_reusing_a_closed_flows_tuple_is_not_reverse_translated",
+    ) {
+        return;
+    }
+    let mut h = node_with_service(IPPROTO_TCP, &[1]);
+    h.run(FROM_CONTAINER, &to_service(40009, TCP_SYN).build())
+        .expect("run");
+    let reply = ct_key(BACKEND_1, CLIENT, TARGET_PORT, 40009, CT_KIND_REPLY);
+    assert!(ct_entry(&h, &reply).is_some());
+    // The client, from the same port, now connects to the backend's address itself.
+    let direct = PacketBuilder::new()
+        .eth(CLIENT_MAC, CLIENT_HOST_MAC)
+        .ipv4(CLIENT, BACKEND_1)
+        .tcp(40009, TARGET_PORT, TCP_SYN)
+        .build();
+    h.run(FROM_CONTAINER, &direct).expect("run");
+    assert_eq!(
+        ct_entry(&h, &reply),
+        None,
+        "the old flow's reply entry is gone"
+    );
+    let syn_ack = reply_from_backend_1(40009, TCP_SYN | TCP_ACK).build();
+    let out = h.run(TO_CONTAINER, &syn_ack).expect("run");
+    assert_eq!(
+        out.packet, syn_ack,
+        "the backend's answer reaches the client unchanged"
+    );
+}
+
+#[test]
 fn an_established_flow_keeps_its_backend_and_a_vanished_backend_is_replaced() {
     if !running_as_root("an_established_flow_keeps_its_backend_and_a_vanished_backend_is_replaced")
     {

@@ -81,8 +81,8 @@ fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
             }
             other => other?,
         }
-    } else {
-        lb::reverse_to_client(ctx, h)?;
+    } else if !lb::reverse_to_client(ctx, h)? {
+        lb::forget_reply_of_direct_syn(h);
     }
     if let Some(dst) = lookup::endpoint(h.dst_v4()) {
         skb::decrement_ttl(ctx, h.ttl)?;

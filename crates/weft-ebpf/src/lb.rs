@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, programs::TcContext};
 use weft_common::{
     CtKey4, Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4Service, Reason,
-    ct::{CT_KIND_REPLY, CT_KIND_SERVICE, CtDirection, ct_update},
+    ct::{CT_KIND_REPLY, CT_KIND_SERVICE, CtDirection, TCP_FLAG_ACK, TCP_FLAG_SYN, ct_update},
     lb::{
         BACKEND_FLAG_TERMINATING, LB_ALG_MAGLEV, LB_SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, flow_hash,
     },
@@ -16,7 +16,7 @@ use weft_common::{
 
 use crate::{
     ct,
-    maps::{LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES},
+    maps::{CT4, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES},
     parse::Headers,
     skb::{self, IP_DST_OFF, IP_SRC_OFF},
 };
@@ -236,6 +236,29 @@ fn dnat(ctx: &TcContext, h: &mut Headers, backend: &Lb4Backend) -> Result<(), Re
     h.set_dst_v4(backend.address);
     h.dst_port = backend.port;
     Ok(())
+}
+
+/// A pod opening a TCP connection straight to an address and port that were a backend of one
+/// of its load-balanced flows, from the same port: that flow is over (the backend cannot hold
+/// two connections with one tuple), and its reply entry must not turn the new connection's
+/// replies into the frontend's.
+#[inline(always)]
+pub fn forget_reply_of_direct_syn(h: &Headers) {
+    let bare_syn = h.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    if h.l4_proto != IPPROTO_TCP || !bare_syn || h.later_fragment {
+        return;
+    }
+    let reply = CtKey4 {
+        saddr: h.dst_v4(),
+        daddr: h.src_v4(),
+        sport: h.dst_port,
+        dport: h.src_port,
+        proto: h.l4_proto,
+        kind: CT_KIND_REPLY,
+        _pad: [0; 2],
+    };
+    // An absent entry is the common case: nothing to do.
+    let _ = CT4.remove(&reply);
 }
 
 /// A reply of a load-balanced flow on its way to the client: its source becomes the frontend

@@ -191,12 +191,16 @@ pub fn lb_state_reusing(
     };
     let reusable = previous.maglev_table_size == state.maglev_table_size
         && previous.maglev_hash_seed == state.maglev_hash_seed;
+    let slices_by_service = store.slices_by_service();
     for svc in store.services.values() {
         let Some(ip) = svc.spec.cluster_ipv4() else {
             continue;
         };
-        let slices: Vec<&EndpointSlice> = store
-            .slices_of(svc.metadata.namespace(), &svc.metadata.name)
+        let slices: Vec<&EndpointSlice> = slices_by_service
+            .get(&(svc.metadata.namespace(), svc.metadata.name.as_str()))
+            .into_iter()
+            .flatten()
+            .copied()
             .filter(|s| s.address_type == AddressType::IPv4)
             .collect();
         for port in &svc.spec.ports {
