@@ -258,7 +258,7 @@ pub fn forget_reply_of_direct_syn(h: &Headers) {
         _pad: [0; 2],
     };
     // An absent entry is the common case: nothing to do.
-    let _ = CT4.remove(&reply);
+    let _ = CT4.remove(reply);
 }
 
 /// A reply of a load-balanced flow on its way to the client: its source becomes the frontend
