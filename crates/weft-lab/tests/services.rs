@@ -280,12 +280,11 @@ fn service_flows_of(cluster: &TestCluster, node: &str, client: SocketAddr) -> us
         .count()
 }
 
-#[test]
-fn pods_reach_cluster_ips_balanced_in_tc() {
-    if !running_as_root("pods_reach_cluster_ips_balanced_in_tc") {
-        return;
-    }
-    let cluster = TestCluster::up("svc", 2, Some("socketLB: {enabled: false}\n"));
+/// A 2-node cluster with `values`: pods cl (vps1), far (vps2), web-1 (vps1) and web-2 (vps2)
+/// with echo servers, and [`SERVICES`]; returned once pod cl reaches `web` (agents pick
+/// manifests up within a poll).
+fn web_cluster(tag: &str, values: &str) -> (TestCluster, Backend, Backend) {
+    let cluster = TestCluster::up(tag, 2, Some(values));
     let pods = [
         pod("cl", "vps1", "client"),
         pod("far", "vps2", "client"),
@@ -297,26 +296,54 @@ fn pods_reach_cluster_ips_balanced_in_tc() {
     cluster
         .apply_text("services.yaml", SERVICES)
         .expect("apply services");
-    let (cl, far) = (cluster.pod("cl"), cluster.pod("far"));
     let web1 = Backend::start(&cluster.pod("web-1"));
     let web2 = Backend::start(&cluster.pod("web-2"));
+    let cl = cluster.pod("cl");
+    let web = SocketAddrV4::new(WEB_IP, 80);
+    eventually(TIMEOUT, || {
+        tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
+    });
+    (cluster, web1, web2)
+}
+
+/// The backends that served 24 connections from `client` to `to` (balanced in tc), each of
+/// which showed `to` as its peer and the client pod's own address as its source.
+fn backends_serving(
+    client: &PodRecord,
+    to: SocketAddrV4,
+    backends: &[&Backend],
+) -> BTreeSet<String> {
+    let mut served = BTreeSet::new();
+    for _ in 0..24 {
+        let (peer, local) =
+            tcp_probe(&client.netns, to).unwrap_or_else(|e| panic!("{} -> {to}: {e}", client.name));
+        assert_eq!(peer, SocketAddr::V4(to), "getpeername shows the ClusterIP");
+        assert_eq!(local.ip(), pod_address(client));
+        served.insert(served_by(backends, local).expect("a backend saw the client"));
+    }
+    served
+}
+
+/// Takes the cluster down (its backends' servers stopped first) and checks nothing is left.
+fn take_down(cluster: TestCluster) {
+    let name = cluster.lab.name.clone();
+    drop(cluster);
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn pods_reach_cluster_ips_balanced_in_tc() {
+    if !running_as_root("pods_reach_cluster_ips_balanced_in_tc") {
+        return;
+    }
+    let (cluster, web1, web2) = web_cluster("svc", "socketLB: {enabled: false}\n");
+    let (cl, far) = (cluster.pod("cl"), cluster.pod("far"));
     let web = SocketAddrV4::new(WEB_IP, 80);
 
     // From the same node and from the other node: the client sees the ClusterIP, the backend
     // sees the client pod, and new connections spread over both backends.
-    eventually(TIMEOUT, || {
-        tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
-    });
     for client in [&cl, &far] {
-        let mut served = BTreeSet::new();
-        for _ in 0..24 {
-            let (peer, local) = tcp_probe(&client.netns, web)
-                .unwrap_or_else(|e| panic!("{} -> {web}: {e}", client.name));
-            assert_eq!(peer, SocketAddr::V4(web), "getpeername shows the ClusterIP");
-            assert_eq!(local.ip(), pod_address(client));
-            let backend = served_by(&[&web1, &web2], local).expect("a backend saw the client");
-            served.insert(backend);
-        }
+        let served = backends_serving(client, web, &[&web1, &web2]);
         assert_eq!(served.len(), 2, "{}: {served:?}", client.name);
     }
 
@@ -440,10 +467,8 @@ fn pods_reach_cluster_ips_balanced_in_tc() {
         web3.peers()
     );
 
-    let name = cluster.lab.name.clone();
     drop(web3);
-    drop(cluster);
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    take_down(cluster);
 }
 
 /// `weft-netbench probe` in pod `pod` (its netns, its node's cgroup): the peer its socket shows.
@@ -504,27 +529,9 @@ fn probe_and_count_flows(
 /// (vps2) serving `web`; checks for each target whether its TCP and UDP flows are balanced at
 /// the socket (`at_socket`) or in tc; either way the client sees the ClusterIP.
 fn check_socket_lb(tag: &str, values: &str, targets: &[(&str, bool)]) {
-    let cluster = TestCluster::up(tag, 2, Some(values));
-    let pods = [
-        pod("cl", "vps1", "client"),
-        pod("far", "vps2", "client"),
-        pod("web-1", "vps1", "web"),
-        pod("web-2", "vps2", "web"),
-    ]
-    .join("---\n");
-    cluster.apply_text("pods.yaml", &pods).expect("apply pods");
-    cluster
-        .apply_text("services.yaml", SERVICES)
-        .expect("apply services");
-    let web1 = Backend::start(&cluster.pod("web-1"));
-    let web2 = Backend::start(&cluster.pod("web-2"));
-    let cl = cluster.pod("cl");
+    let (cluster, web1, web2) = web_cluster(tag, values);
     let web = SocketAddrV4::new(WEB_IP, 80);
     let dns = SocketAddrV4::new(WEB_IP, 53);
-    // The agents have the service (a connection of this process, balanced in tc).
-    eventually(TIMEOUT, || {
-        tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
-    });
     for &(target, at_socket) in targets {
         for (to, udp) in [(web, false), (web, false), (dns, true), (dns, true)] {
             let (peer, flows) = probe_and_count_flows(&cluster, &[&web1, &web2], target, to, udp);
@@ -533,10 +540,8 @@ fn check_socket_lb(tag: &str, values: &str, targets: &[(&str, bool)]) {
             assert_eq!(flows, expected, "{target} -> {to}: service flows in tc");
         }
     }
-    let name = cluster.lab.name.clone();
     drop((web1, web2));
-    drop(cluster);
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    take_down(cluster);
 }
 
 #[test]
@@ -598,38 +603,15 @@ fn maglev_tables_are_the_same_on_every_node_and_spread_flows() {
         return;
     }
     let values = "loadBalancer: {algorithm: maglev}\nmaglev: {tableSize: 1021}\nsocketLB: {enabled: false}\n";
-    let cluster = TestCluster::up("mag", 2, Some(values));
-    let pods = [
-        pod("cl", "vps1", "client"),
-        pod("web-1", "vps1", "web"),
-        pod("web-2", "vps2", "web"),
-    ]
-    .join("---\n");
-    cluster.apply_text("pods.yaml", &pods).expect("apply pods");
-    cluster
-        .apply_text("services.yaml", SERVICES)
-        .expect("apply services");
-    let web1 = Backend::start(&cluster.pod("web-1"));
-    let web2 = Backend::start(&cluster.pod("web-2"));
-    let cl = cluster.pod("cl");
+    let (cluster, web1, web2) = web_cluster("mag", values);
     let web = SocketAddrV4::new(WEB_IP, 80);
-    eventually(TIMEOUT, || {
-        tcp_probe(&cl.netns, web).map_err(|e| e.to_string())
-    });
-    let mut served = BTreeSet::new();
-    for _ in 0..24 {
-        let (peer, local) = tcp_probe(&cl.netns, web).expect("maglev service");
-        assert_eq!(peer, SocketAddr::V4(web));
-        served.insert(served_by(&[&web1, &web2], local).expect("served"));
-    }
+    let served = backends_serving(&cluster.pod("cl"), web, &[&web1, &web2]);
     assert_eq!(served.len(), 2, "{served:?}");
     let table = maglev_addresses(&cluster, "vps1", WEB_IP);
     assert_eq!(table.len(), 1021);
     assert_eq!(table, maglev_addresses(&cluster, "vps2", WEB_IP));
-    let name = cluster.lab.name.clone();
     drop((web1, web2));
-    drop(cluster);
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    take_down(cluster);
 }
 
 #[test]
@@ -669,8 +651,6 @@ fn a_thousand_services_loaded_at_once_all_answer() {
         assert_eq!(peer, SocketAddr::V4(to));
     }
     assert_eq!(web1.peers().len() as u32, 1000 + 1);
-    let name = cluster.lab.name.clone();
     drop(web1);
-    drop(cluster);
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    take_down(cluster);
 }
