@@ -50,6 +50,28 @@ pub struct Lb4Service {
 pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
 /// `internalTrafficPolicy: Local`: the slots hold only this node's backends.
 pub const SVC_FLAG_LOCAL_ONLY: u16 = 1 << 1;
+/// North-south frontends: a NodePort on one of this node's addresses, an `externalIPs` address,
+/// a LoadBalancer ingress address. A frontend without any of these is a ClusterIP, reached
+/// from inside the cluster only.
+pub const SVC_FLAG_NODEPORT: u16 = 1 << 2;
+pub const SVC_FLAG_EXTERNAL_IP: u16 = 1 << 3;
+pub const SVC_FLAG_LOADBALANCER: u16 = 1 << 4;
+/// North-south flows of this frontend are forwarded with DSR (the backend's node replies to
+/// the client itself), else with SNAT through this node (`loadBalancer.mode`; `hybrid` sets it
+/// on TCP frontends only).
+pub const SVC_FLAG_DSR: u16 = 1 << 5;
+/// `externalTrafficPolicy: Local`: the external scope's slots hold only this node's backends
+/// (none: the traffic is dropped) and the client address is kept.
+pub const SVC_FLAG_EXT_LOCAL: u16 = 1 << 6;
+/// The frontend has a second entry at [`LB_SCOPE_INTERNAL`], with the backends traffic from
+/// inside the cluster uses (all of them when only the external policy is Local). Lookups from
+/// pods and nodes take that entry; lookups of traffic from outside take the external one.
+pub const SVC_FLAG_TWO_SCOPES: u16 = 1 << 7;
+
+/// Whether a service entry's frontend is reachable from outside the cluster.
+pub const fn is_north_south(flags: u16) -> bool {
+    flags & (SVC_FLAG_NODEPORT | SVC_FLAG_EXTERNAL_IP | SVC_FLAG_LOADBALANCER) != 0
+}
 
 pub const LB_ALG_RANDOM: u8 = 0;
 pub const LB_ALG_MAGLEV: u8 = 1;
