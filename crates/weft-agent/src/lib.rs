@@ -9,6 +9,7 @@ pub mod agent;
 pub mod claim;
 pub mod files;
 pub mod gc;
+pub mod health;
 pub mod net;
 pub mod server;
 pub mod services;
