@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use weft_api::{
-    AgentStatus, Allocation, ApiFailure, Attachment, EndpointRecord, PodRef, Request, Response,
+    AgentStatus, Allocation, ApiFailure, Attachment, EndpointRecord, GcSummary, PodRef, Request,
+    Response,
 };
 use weft_common::{
     Hook, NodeConfig,
@@ -324,6 +325,20 @@ impl<D: Datapath> Agent<D> {
                 ),
             },
             Request::Gc { keep } => self.gc(&keep),
+            Request::ConntrackGc => match self.collect_garbage(Instant::now()) {
+                Some(report) => Response::ConntrackCollected(GcSummary {
+                    flows: report.flows,
+                    flows_deleted: report.flows_deleted,
+                    affinities_deleted: report.affinities_deleted,
+                    snat_deleted: report.snat_deleted,
+                    next_in_s: self.gc.interval().as_secs(),
+                }),
+                None => failure(
+                    codes::AGENT_FAILURE,
+                    "the garbage collection failed",
+                    "see the agent's log",
+                ),
+            },
         }
     }
 

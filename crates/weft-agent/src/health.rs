@@ -73,8 +73,7 @@ impl HealthServer {
 
     fn bind(&self, port: u16) -> anyhow::Result<TcpListener> {
         let address = SocketAddrV4::new(self.address.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
-        let listener =
-            TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
+        let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
         listener
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;
@@ -177,7 +176,11 @@ mod tests {
     fn a_port_answers_200_with_local_endpoints_and_503_without() {
         let port = free_port();
         let mut server = HealthServer::on(Ipv4Addr::LOCALHOST);
-        assert!(server.reconcile(&BTreeMap::from([(port, check(2))])).is_empty());
+        assert!(
+            server
+                .reconcile(&BTreeMap::from([(port, check(2))]))
+                .is_empty()
+        );
         let text = get(port, &server);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(

@@ -638,3 +638,31 @@ fn the_loop_serves_the_socket_follows_the_source_and_survives_a_bad_manifest() {
     });
     assert!(!socket_path.exists(), "the socket is removed on stop");
 }
+
+#[test]
+fn a_conntrack_gc_request_runs_a_pass_now() {
+    let dirs = dirs();
+    let mut datapath = fake_datapath();
+    let expired = weft_common::CtEntry4 {
+        expires_s: 1,
+        ..weft_common::CtEntry4::default()
+    };
+    let live = weft_common::CtEntry4 {
+        expires_s: u32::MAX,
+        ..weft_common::CtEntry4::default()
+    };
+    let key = |sport| weft_common::CtKey4 {
+        sport,
+        ..weft_common::CtKey4::default()
+    };
+    datapath.ct.insert(key(1), expired);
+    datapath.ct.insert(key(2), live);
+    let mut agent = start(&dirs, datapath);
+    let Response::ConntrackCollected(summary) = agent.handle(Request::ConntrackGc) else {
+        panic!("not a GC summary");
+    };
+    assert_eq!((summary.flows, summary.flows_deleted), (2, 1));
+    assert!(summary.next_in_s >= 10);
+    let left: Vec<u16> = agent.datapath().ct.keys().map(|k| k.sport).collect();
+    assert_eq!(left, [2]);
+}

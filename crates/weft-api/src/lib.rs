@@ -62,6 +62,8 @@ pub enum Request {
     Get { attachment: Attachment },
     /// Release every attachment not in `keep` (CNI GC).
     Gc { keep: Vec<Attachment> },
+    /// Run a conntrack garbage-collection pass now, whatever the interval.
+    ConntrackGc,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +75,20 @@ pub enum Response {
     Released { released: bool },
     Endpoint(EndpointRecord),
     Collected { released: Vec<Attachment> },
+    ConntrackCollected(GcSummary),
     Error(ApiFailure),
+}
+
+/// What a conntrack garbage-collection pass deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcSummary {
+    /// Flows in the table before the pass.
+    pub flows: usize,
+    pub flows_deleted: usize,
+    pub affinities_deleted: usize,
+    pub snat_deleted: usize,
+    /// Seconds until the next pass.
+    pub next_in_s: u64,
 }
 
 /// A refusal by the agent, with a CNI error code the plugin passes on.

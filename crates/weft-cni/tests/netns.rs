@@ -292,6 +292,11 @@ fn answer(request: Request, refuse_register: bool) -> Response {
             attached: vec![],
             ready: true,
         }),
+        Request::ConntrackGc => Response::Error(ApiFailure {
+            code: 999,
+            msg: "not an agent".into(),
+            details: "the plugin never asks this".into(),
+        }),
     }
 }
 
