@@ -364,6 +364,11 @@ impl FakeAgent {
                 records.retain(|a, _| keep.contains(a));
                 Response::Collected { released: gone }
             }
+            Request::ConntrackGc => Response::Error(ApiFailure {
+                code: 999,
+                msg: "not an agent".into(),
+                details: "the plugin never asks this".into(),
+            }),
         }
     }
 
