@@ -415,6 +415,7 @@ pub fn op(request: &Request) -> &'static str {
         Request::Release { .. } => "release",
         Request::Get { .. } => "get",
         Request::Gc { .. } => "gc",
+        Request::ConntrackGc => "conntrack-gc",
     }
 }
 
