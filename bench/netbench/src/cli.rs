@@ -57,6 +57,11 @@ pub enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         parallel: u16,
     },
+    /// Answer every TCP connection with the client address this server sees, then close.
+    Whoami {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// One TCP connection (or, with --udp, one datagram from an unconnected socket) to a plain
     /// echo server; prints the peer address the socket shows (getpeername / recvfrom).
     Probe {

@@ -10,6 +10,7 @@ mod protocol;
 mod server;
 mod stats;
 mod watchdog;
+mod whoami;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -52,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", report.to_json());
             Ok(())
         }
+        Command::Whoami { listen } => whoami::serve(listen),
         Command::Probe { to, udp } => {
             let payload = b"weft probe";
             let report = if udp {
