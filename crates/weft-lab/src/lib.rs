@@ -7,6 +7,7 @@
 //! bpffs and cgroup2).
 
 pub mod apply;
+pub mod capture;
 mod cluster_ip;
 pub mod containerd;
 pub mod datapath;
@@ -17,6 +18,7 @@ pub mod lifecycle;
 pub mod netns;
 pub mod oci;
 pub mod runtime;
+pub mod seed;
 pub mod selftest;
 pub mod slices;
 pub mod spec;
