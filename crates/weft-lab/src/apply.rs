@@ -99,6 +99,7 @@ fn object_file_name(object: &Object) -> String {
         Object::WeftEndpoint(e) => (e.metadata.namespace(), e.metadata.name.as_str()),
         Object::Service(s) => (s.metadata.namespace(), s.metadata.name.as_str()),
         Object::EndpointSlice(s) => (s.metadata.namespace(), s.metadata.name.as_str()),
+        Object::LoadBalancerIpPool(p) => ("", p.metadata.name.as_str()),
     };
     format!("{}_{namespace}_{name}.yaml", object.kind().to_lowercase())
 }
