@@ -440,4 +440,210 @@ endpoints:
         assert_eq!(freed_ids(&old, &new).services, BTreeSet::from([2]));
         assert!(freed_ids(&old, &old).is_empty());
     }
+
+    const NORTH_SOUTH: &str = r#"
+apiVersion: weft.io/v1alpha1
+kind: WeftNode
+metadata: {name: vps1}
+spec: {podCIDR: 10.42.1.0/24, underlayIP: 198.51.100.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: edge, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.43.0.50
+  externalIPs: [198.51.100.1]
+  externalTrafficPolicy: POLICY
+  ports:
+  - {name: http, port: 80, nodePort: 30080}
+  - {name: dns, port: 53, protocol: UDP, nodePort: 30053}
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: edge-1
+  namespace: default
+  labels: {kubernetes.io/service-name: edge}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- {addresses: [10.42.2.10], nodeName: vps2}
+- {addresses: [10.42.3.10], nodeName: vps3}
+"#;
+
+    fn north_south(policy: &str, mode: &str) -> (LbIds, LbMapContents) {
+        let config = ClusterConfig::from_yaml(&format!(
+            "loadBalancer: {{algorithm: maglev, mode: {mode}}}\nmaglev: {{tableSize: 251}}\n"
+        ))
+        .unwrap();
+        let (_, ids, maps) = contents(&store(&NORTH_SOUTH.replace("POLICY", policy)), &config);
+        (ids, maps)
+    }
+
+    fn entry(maps: &LbMapContents, f: &Frontend, scope: Scope) -> Lb4Service {
+        maps.services[&scoped_key(f, scope, 0)]
+    }
+
+    #[test]
+    fn north_south_entries_carry_their_kind_and_snat_or_dsr() {
+        let (_, maps) = north_south("Cluster", "hybrid");
+        let flags =
+            |ip, port, proto| entry(&maps, &frontend(ip, port, proto), Scope::External).flags;
+        assert_eq!(
+            flags([198, 51, 100, 1], 30080, Protocol::Tcp),
+            SVC_FLAG_NODEPORT | SVC_FLAG_DSR
+        );
+        assert_eq!(
+            flags([198, 51, 100, 1], 30053, Protocol::Udp),
+            SVC_FLAG_NODEPORT,
+            "hybrid: UDP is SNAT"
+        );
+        assert_eq!(
+            flags([198, 51, 100, 1], 80, Protocol::Tcp),
+            SVC_FLAG_EXTERNAL_IP | SVC_FLAG_DSR
+        );
+        assert_eq!(
+            flags([192, 0, 2, 10], 80, Protocol::Tcp),
+            SVC_FLAG_LOADBALANCER | SVC_FLAG_DSR
+        );
+        assert_eq!(
+            flags([192, 0, 2, 10], 53, Protocol::Udp),
+            SVC_FLAG_LOADBALANCER
+        );
+        assert_eq!(
+            flags([10, 43, 0, 50], 80, Protocol::Tcp),
+            0,
+            "the clusterIP is unchanged"
+        );
+        assert!(!weft_common::lb::is_north_south(0));
+        assert!(
+            maps.services.keys().all(|k| k.scope == LB_SCOPE_EXTERNAL),
+            "one scope"
+        );
+        let np = entry(
+            &maps,
+            &frontend([198, 51, 100, 1], 30080, Protocol::Tcp),
+            Scope::External,
+        );
+        assert_eq!((np.count, np.maglev_size), (2, 251));
+        assert_eq!(maps.revnat[&np.rev_nat_index].address, [198, 51, 100, 1]);
+        assert_eq!(maps.revnat[&np.rev_nat_index].port, 30080);
+        // 4 kinds x 2 ports, each an entry and 2 slots.
+        assert_eq!(maps.services.len(), 8 * 3);
+        let (_, snat) = north_south("Cluster", "snat");
+        assert!(snat.services.values().all(|e| e.flags & SVC_FLAG_DSR == 0));
+    }
+
+    #[test]
+    fn external_local_without_a_local_backend_has_count_zero_and_a_full_internal_scope() {
+        let (ids, maps) = north_south("Local", "dsr");
+        let np = frontend([198, 51, 100, 1], 30080, Protocol::Tcp);
+        let external = entry(&maps, &np, Scope::External);
+        assert_eq!(external.count, 0, "no backend on vps1: dropped");
+        assert_eq!(external.maglev_size, 0);
+        assert_eq!(
+            external.flags,
+            SVC_FLAG_NODEPORT | SVC_FLAG_DSR | SVC_FLAG_EXT_LOCAL | SVC_FLAG_TWO_SCOPES
+        );
+        assert!(
+            !maps
+                .services
+                .contains_key(&scoped_key(&np, Scope::External, 1))
+        );
+        assert!(!maps.maglev.contains_key(&external.rev_nat_index));
+        let internal = entry(&maps, &np, Scope::Internal);
+        assert_eq!(internal.flags, SVC_FLAG_NODEPORT);
+        assert_eq!(internal.count, 2);
+        assert_eq!(internal.maglev_size, 251);
+        assert_eq!(internal.rev_nat_index, ids.internal[&np]);
+        assert_ne!(internal.rev_nat_index, external.rev_nat_index);
+        for slot in 1..=2 {
+            let backend = maps.services[&scoped_key(&np, Scope::Internal, slot)].backend_id;
+            assert!(maps.backends.contains_key(&backend));
+        }
+        assert_eq!(
+            maps.revnat[&internal.rev_nat_index], maps.revnat[&external.rev_nat_index],
+            "replies are translated back to the same frontend"
+        );
+        let table: BTreeSet<u32> = maps.maglev[&internal.rev_nat_index]
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(table.len(), 2);
+        let cip = entry(
+            &maps,
+            &frontend([10, 43, 0, 50], 80, Protocol::Tcp),
+            Scope::External,
+        );
+        assert_eq!((cip.flags, cip.count), (0, 2));
+        assert!(!maps.services.contains_key(&scoped_key(
+            &frontend([10, 43, 0, 50], 80, Protocol::Tcp),
+            Scope::Internal,
+            0
+        )));
+    }
+
+    #[test]
+    fn external_local_with_a_local_backend_fills_the_external_scope_with_it_only() {
+        let text = NORTH_SOUTH
+            .replace("POLICY", "Local")
+            .replace("nodeName: vps3", "nodeName: vps1");
+        let (state, ids, maps) = contents(&store(&text), &maglev_config());
+        let np = frontend([198, 51, 100, 1], 30080, Protocol::Tcp);
+        let external = entry(&maps, &np, Scope::External);
+        assert_eq!(external.count, 1);
+        let local = maps.services[&scoped_key(&np, Scope::External, 1)].backend_id;
+        assert_eq!(maps.backends[&local].address, [10, 42, 3, 10]);
+        assert!(
+            maps.maglev[&external.rev_nat_index]
+                .iter()
+                .all(|&b| b == local)
+        );
+        assert_eq!(entry(&maps, &np, Scope::Internal).count, 2);
+        assert_eq!(ids_from_maps(&maps.services, &maps.backends), ids);
+        assert_eq!(
+            state.frontends[&np]
+                .internal
+                .as_ref()
+                .map(|i| i.backends_active.len()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn ids_of_both_scopes_round_trip_through_the_maps() {
+        let (ids, maps) = north_south("Local", "snat");
+        assert_eq!(ids.internal.len(), 6, "3 north-south kinds x 2 ports");
+        assert_eq!(ids_from_maps(&maps.services, &maps.backends), ids);
+        let mut stray = maps.services.clone();
+        let mut key = frontend_key(&frontend([10, 43, 0, 99], 80, Protocol::Tcp), 0);
+        key.scope = 7;
+        stray.insert(
+            key,
+            Lb4Service {
+                rev_nat_index: 99,
+                ..Lb4Service::default()
+            },
+        );
+        assert_eq!(
+            ids_from_maps(&stray, &maps.backends),
+            ids,
+            "an unknown scope is no id"
+        );
+    }
+
+    #[test]
+    fn an_internal_scope_id_given_to_another_frontend_is_freed() {
+        let a = frontend([198, 51, 100, 1], 30080, Protocol::Tcp);
+        let mut old = LbIds::from_pairs([(a, 1)], []);
+        old.internal.insert(a, 2);
+        let mut moved = LbIds::from_pairs([(a, 2)], []);
+        moved.internal.insert(a, 1);
+        assert_eq!(freed_ids(&old, &moved).services, BTreeSet::from([1, 2]));
+        assert!(freed_ids(&old, &old).is_empty());
+    }
 }
