@@ -10,19 +10,33 @@ use weft_common::{
         CT_FLAG_FORWARD_CLOSING, CT_FLAG_FROM_SOCKET, CT_FLAG_REPLY_CLOSING, CT_FLAG_RESET,
         CT_FLAG_SEEN_NON_SYN, CT_KIND_SERVICE,
     },
-    lb::{LB_ALG_MAGLEV, SVC_FLAG_AFFINITY, SVC_FLAG_LOCAL_ONLY},
+    lb::{
+        LB_ALG_MAGLEV, LB_SCOPE_EXTERNAL, LB_SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DSR,
+        SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL_IP, SVC_FLAG_LOADBALANCER, SVC_FLAG_LOCAL_ONLY,
+        SVC_FLAG_NODEPORT, SVC_FLAG_TWO_SCOPES, is_north_south,
+    },
     net::l4_proto_name,
 };
 use weft_datapath::LbMaps;
 
 use crate::bpf::{Row, age_text};
 
-pub const LB_HEADERS: &[&str] = &["FRONTEND", "SERVICE ID", "ALGORITHM", "FLAGS", "BACKENDS"];
+pub const LB_HEADERS: &[&str] = &[
+    "FRONTEND",
+    "SCOPE",
+    "SERVICE ID",
+    "ALGORITHM",
+    "FLAGS",
+    "BACKENDS",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LbRow {
     pub node: String,
     pub frontend: String,
+    /// `external` (traffic from outside, and the only entry of a one-scope frontend) or
+    /// `internal` (traffic from pods and nodes to a two-scope frontend).
+    pub scope: String,
     pub service_id: u16,
     pub algorithm: String,
     pub flags: Vec<String>,
@@ -39,6 +53,7 @@ impl Row for LbRow {
         };
         vec![
             self.frontend.clone(),
+            self.scope.clone(),
             self.service_id.to_string(),
             self.algorithm.clone(),
             self.flags.join(","),
@@ -77,9 +92,10 @@ pub fn lb_rows(
                     endpoint(key.address, key.port),
                     l4_proto_name(key.proto)
                 ),
+                scope: scope_name(key.scope),
                 service_id: svc.rev_nat_index,
                 algorithm: algorithm(svc),
-                flags: service_flags(svc),
+                flags: service_flags(svc, key.scope),
                 backends: named
                     .values()
                     .map(|id| match backends.get(id) {
@@ -90,8 +106,16 @@ pub fn lb_rows(
             }
         })
         .collect();
-    rows.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+    rows.sort_by(|a, b| (&a.frontend, &a.scope).cmp(&(&b.frontend, &b.scope)));
     rows
+}
+
+fn scope_name(scope: u8) -> String {
+    match scope {
+        LB_SCOPE_EXTERNAL => "external".to_string(),
+        LB_SCOPE_INTERNAL => "internal".to_string(),
+        other => format!("scope {other}"),
+    }
 }
 
 fn algorithm(svc: &Lb4Service) -> String {
@@ -102,12 +126,34 @@ fn algorithm(svc: &Lb4Service) -> String {
     }
 }
 
-fn service_flags(svc: &Lb4Service) -> Vec<String> {
-    let mut flags = Vec::new();
-    if svc.flags & SVC_FLAG_AFFINITY != 0 {
+/// The entry's flags by name: its kind (a clusterIP has none), how north-south flows are
+/// forwarded (`dsr` or `snat`), then the policies.
+fn service_flags(svc: &Lb4Service, scope: u8) -> Vec<String> {
+    let set = |flag: u16| svc.flags & flag != 0;
+    let mut flags: Vec<String> = [
+        (SVC_FLAG_NODEPORT, "nodeport"),
+        (SVC_FLAG_EXTERNAL_IP, "external-ip"),
+        (SVC_FLAG_LOADBALANCER, "loadbalancer"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| set(*flag))
+    .map(|(_, name)| name.to_string())
+    .collect();
+    let two_scopes = set(SVC_FLAG_TWO_SCOPES);
+    // The internal entry of a two-scope frontend is never taken by traffic from outside.
+    if is_north_south(svc.flags) && scope != LB_SCOPE_INTERNAL {
+        flags.push(if set(SVC_FLAG_DSR) { "dsr" } else { "snat" }.to_string());
+    }
+    if set(SVC_FLAG_EXT_LOCAL) {
+        flags.push("ext-local".to_string());
+    }
+    if two_scopes {
+        flags.push("two-scopes".to_string());
+    }
+    if set(SVC_FLAG_AFFINITY) {
         flags.push(format!("affinity={}s", svc.affinity_timeout_s));
     }
-    if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+    if set(SVC_FLAG_LOCAL_ONLY) {
         flags.push("local-only".to_string());
     }
     flags
@@ -282,7 +328,8 @@ mod tests {
         let rows = lb_rows("vps1", &services, &backends);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].frontend, "10.43.0.10:53/UDP");
-        assert_eq!(rows[0].cells()[4], "(none: refused)");
+        assert_eq!(rows[0].cells()[5], "(none: refused)");
+        assert_eq!(rows[0].scope, "external");
         assert_eq!(rows[1].frontend, "10.43.0.10:80/TCP");
         assert_eq!(rows[1].algorithm, "maglev (M=16381)");
         assert_eq!(rows[1].flags, ["affinity=10800s"]);
@@ -290,6 +337,88 @@ mod tests {
             rows[1].backends,
             ["10.42.0.10:8080 (id 4)", "missing (id 9)"]
         );
+    }
+
+    fn north_south_key(port: u16, proto: u8, scope: u8) -> Lb4Key {
+        Lb4Key {
+            address: [198, 51, 100, 1],
+            scope,
+            ..key(port, proto, 0)
+        }
+    }
+
+    fn service(id: u16, count: u16, flags: u16) -> Lb4Service {
+        Lb4Service {
+            count,
+            rev_nat_index: id,
+            flags,
+            ..Lb4Service::default()
+        }
+    }
+
+    #[test]
+    fn north_south_rows_name_their_kind_forwarding_policy_and_scope() {
+        use weft_common::lb::SVC_FLAG_LOCAL_ONLY as LOCAL;
+        let services = vec![
+            (
+                north_south_key(30080, IPPROTO_TCP, LB_SCOPE_EXTERNAL),
+                service(
+                    7,
+                    0,
+                    SVC_FLAG_NODEPORT | SVC_FLAG_DSR | SVC_FLAG_EXT_LOCAL | SVC_FLAG_TWO_SCOPES,
+                ),
+            ),
+            (
+                north_south_key(30080, IPPROTO_TCP, LB_SCOPE_INTERNAL),
+                service(8, 0, SVC_FLAG_NODEPORT | LOCAL),
+            ),
+            (
+                north_south_key(53, IPPROTO_UDP, LB_SCOPE_EXTERNAL),
+                service(9, 0, SVC_FLAG_EXTERNAL_IP),
+            ),
+            (
+                Lb4Key {
+                    address: [192, 0, 2, 10],
+                    ..key(443, IPPROTO_TCP, 0)
+                },
+                service(
+                    10,
+                    0,
+                    SVC_FLAG_LOADBALANCER | SVC_FLAG_DSR | SVC_FLAG_AFFINITY,
+                ),
+            ),
+            (key(80, IPPROTO_TCP, 0), service(11, 0, 0)),
+        ];
+        let rows = lb_rows("vps1", &services, &BTreeMap::new());
+        let shown: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (r.frontend.clone(), r.scope.clone(), r.flags.join(",")))
+            .collect();
+        let row = |f: &str, s: &str, flags: &str| (f.to_string(), s.to_string(), flags.to_string());
+        assert_eq!(
+            shown,
+            [
+                row("10.43.0.10:80/TCP", "external", ""),
+                row(
+                    "192.0.2.10:443/TCP",
+                    "external",
+                    "loadbalancer,dsr,affinity=0s"
+                ),
+                row(
+                    "198.51.100.1:30080/TCP",
+                    "external",
+                    "nodeport,dsr,ext-local,two-scopes"
+                ),
+                row("198.51.100.1:30080/TCP", "internal", "nodeport,local-only"),
+                row("198.51.100.1:53/UDP", "external", "external-ip,snat"),
+            ]
+        );
+        assert_eq!(
+            rows[3].cells()[..3],
+            ["198.51.100.1:30080/TCP", "internal", "8"]
+        );
+        assert_eq!(rows[2].cells()[5], "(none: refused)");
+        assert_eq!(LB_HEADERS.len(), rows[0].cells().len());
     }
 
     #[test]

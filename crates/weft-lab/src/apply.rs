@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use weft_model::{
-    Ipv4Cidr,
+    ClusterConfig, Ipv4Cidr,
     endpointslice::is_derived,
     k8s::{ClusterIp, Object, Service, parse_manifest, with_cluster_ip},
     store::Store,
@@ -20,6 +20,7 @@ use weft_model::{
 use crate::{
     cluster_ip::settle_cluster_ips,
     host,
+    north_south::{settle_north_south, with_north_south},
     runtime::{self, Binaries, PodRecord, PodRequest},
     slices::{SliceChanges, sync_endpoint_slices},
     topology::Topology,
@@ -44,6 +45,8 @@ pub struct ApplyReport {
     pub stopped: Vec<PodRecord>,
     /// The derived EndpointSlices written or removed after the pods changed.
     pub slices: SliceChanges,
+    /// What was stored but is not complete (a LoadBalancer Service without an address).
+    pub warnings: Vec<String>,
 }
 
 /// The YAML files named by `paths`: files as given, directories' `*.yaml`/`*.yml` sorted.
@@ -99,6 +102,7 @@ fn object_file_name(object: &Object) -> String {
         Object::WeftEndpoint(e) => (e.metadata.namespace(), e.metadata.name.as_str()),
         Object::Service(s) => (s.metadata.namespace(), s.metadata.name.as_str()),
         Object::EndpointSlice(s) => (s.metadata.namespace(), s.metadata.name.as_str()),
+        Object::LoadBalancerIpPool(p) => ("", p.metadata.name.as_str()),
     };
     format!("{}_{namespace}_{name}.yaml", object.kind().to_lowercase())
 }
@@ -230,26 +234,30 @@ pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result
         validate_pod(t, &doc.object)
             .with_context(|| format!("{} ({})", doc.origin, describe(&doc.object)))?;
     }
-    let service_cidr = runtime::cluster_config(&t.name)?.service_cidr;
+    let config = runtime::cluster_config(&t.name)?;
+    let (objects, warnings) = put_documents(&runtime::manifests_dir(&t.name), docs, &config)?;
     let mut report = ApplyReport {
-        objects: put_documents(&runtime::manifests_dir(&t.name), docs, service_cidr)?,
+        objects,
+        warnings,
         ..ApplyReport::default()
     };
     reconcile_pods(t, bins, &mut report)?;
     Ok(report)
 }
 
-/// Writes `docs` into manifests directory `dir`, Services with the clusterIP they get, once
-/// the whole directory with them is known to load; what was written, described.
+/// Writes `docs` into manifests directory `dir`, Services with the clusterIP, node ports and
+/// ingress address they get, once the whole directory with them is known to load; what was
+/// written, described, and warnings.
 fn put_documents(
     dir: &Path,
     mut docs: Vec<Document>,
-    service_cidr: Ipv4Cidr,
-) -> anyhow::Result<Vec<String>> {
+    config: &ClusterConfig,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let mut files = current_files(dir)?;
     let stored = Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .context("the lab's objects do not load")?;
-    give_cluster_ips(&mut docs, &stored, service_cidr)?;
+    give_cluster_ips(&mut docs, &stored, config.service_cidr)?;
+    let warnings = give_north_south(&mut docs, &stored, config)?;
     for doc in &docs {
         files.insert(doc.file_name.clone(), doc.text.clone());
     }
@@ -261,7 +269,45 @@ fn put_documents(
         write_atomically(&dir.join(&doc.file_name), &doc.text)?;
         described.push(describe(&doc.object));
     }
-    Ok(described)
+    Ok((described, warnings))
+}
+
+/// Sets the node ports and ingress address of every north-south Service among `docs`, in its
+/// object and in the text written; the warnings of those left without an address.
+fn give_north_south(
+    docs: &mut [Document],
+    stored: &Store,
+    config: &ClusterConfig,
+) -> anyhow::Result<Vec<String>> {
+    let mut pools = stored.lb_ip_pools.clone();
+    for doc in docs.iter() {
+        if let Object::LoadBalancerIpPool(pool) = &doc.object {
+            pools.insert(pool.metadata.name.clone(), pool.clone());
+        }
+    }
+    let services: Vec<&Service> = docs.iter().filter_map(|d| service_of(d)).collect();
+    let (settled, warnings) =
+        settle_north_south(&services, stored, &pools, config.node_port.range)?;
+    let service_docs = docs.iter_mut().filter(|d| service_of(d).is_some());
+    for (doc, settled) in service_docs.zip(settled) {
+        let Object::Service(svc) = &mut doc.object else {
+            continue;
+        };
+        if !svc.spec.has_node_ports() {
+            continue;
+        }
+        for (port, node_port) in svc.spec.ports.iter_mut().zip(&settled.node_ports) {
+            port.node_port = *node_port;
+        }
+        svc.spec.health_check_node_port = settled.health_check_node_port;
+        doc.text = with_north_south(&doc.text, &settled).with_context(|| {
+            format!(
+                "{}: writing the node ports of {}",
+                doc.origin, doc.file_name
+            )
+        })?;
+    }
+    Ok(warnings)
 }
 
 /// Sets the clusterIP of every Service among `docs`, in its object and in the text written.
@@ -408,10 +454,184 @@ mod tests {
 
     /// Applies `text` (as file `request.yaml`) to manifests directory `dir`.
     fn put(dir: &TempDir, text: &str) -> anyhow::Result<Vec<String>> {
+        put_warned(dir, text).map(|(described, _)| described)
+    }
+
+    /// [`put`] with node ports from 30000-30002.
+    fn put_narrow(dir: &TempDir, text: &str) -> anyhow::Result<Vec<String>> {
+        put_in_range(dir, text, "30000,30002").map(|(described, _)| described)
+    }
+
+    /// [`put`], with the warnings.
+    fn put_warned(dir: &TempDir, text: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        put_in_range(dir, text, "30000-32767")
+    }
+
+    fn put_in_range(
+        dir: &TempDir,
+        text: &str,
+        range: &str,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         let request = TempDir::new();
         request.write("request.yaml", text);
         let docs = read_documents(&[request.0.join("request.yaml")])?;
-        put_documents(&dir.0, docs, service_cidr())
+        let config = ClusterConfig::from_yaml(&format!(
+            "serviceCIDR: 10.43.0.0/16\nnodePort: {{range: \"{range}\"}}\n"
+        ))?;
+        put_documents(&dir.0, docs, &config)
+    }
+
+    fn node_ports(svc: &Service) -> Vec<Option<u16>> {
+        svc.spec.ports.iter().map(|p| p.node_port).collect()
+    }
+
+    #[test]
+    fn node_ports_are_allocated_from_the_range_kept_on_reapply_and_unique() {
+        let dir = TempDir::new();
+        let web = service(
+            "web",
+            "{type: NodePort, ports: [{port: 80}, {port: 53, protocol: UDP, nodePort: 30000}]}",
+        );
+        put_narrow(&dir, &web).expect("applied");
+        let stored = stored_service(&dir, "web");
+        assert_eq!(node_ports(&stored), [Some(30001), Some(30000)]);
+        let text = dir.read("service_default_web.yaml").expect("file");
+        assert!(text.contains("nodePort: 30001"), "{text}");
+        let again = service(
+            "web",
+            "{type: NodePort, ports: [{port: 80}, {port: 53, protocol: UDP}]}",
+        );
+        put_narrow(&dir, &again).expect("re-applied");
+        assert_eq!(
+            node_ports(&stored_service(&dir, "web")),
+            [Some(30001), Some(30000)],
+            "kept"
+        );
+        let before = current_files(&dir.0).expect("files");
+        for (request, says) in [
+            (
+                service(
+                    "db",
+                    "{type: NodePort, ports: [{port: 5432, nodePort: 30001}]}",
+                ),
+                "node port 30001 is already allocated to Service default/web",
+            ),
+            (
+                service(
+                    "db",
+                    "{type: NodePort, ports: [{port: 5432, nodePort: 31000}]}",
+                ),
+                "node port 31000 is outside nodePort.range 30000-30002",
+            ),
+            (
+                service("db", "{type: NodePort, ports: [{port: 1}, {port: 2}]}"),
+                "no free node port in nodePort.range 30000-30002 for port 2",
+            ),
+        ] {
+            let err = put_narrow(&dir, &request).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{err:#}");
+            assert_eq!(
+                current_files(&dir.0).expect("files"),
+                before,
+                "nothing written"
+            );
+        }
+        put(
+            &dir,
+            &service("db", "{type: NodePort, ports: [{port: 5432}]}"),
+        )
+        .expect("the last port");
+        assert_eq!(node_ports(&stored_service(&dir, "db")), [Some(30002)]);
+        put_narrow(&dir, &service("plain", "{ports: [{port: 80}]}")).expect("a ClusterIP Service");
+        assert_eq!(node_ports(&stored_service(&dir, "plain")), [None]);
+    }
+
+    const POOL: &str = "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\n\
+        metadata: {name: public}\nspec: {blocks: [{start: 192.0.2.10, stop: 192.0.2.11}]}\n---\n";
+
+    fn ingress(dir: &TempDir, name: &str) -> Vec<std::net::Ipv4Addr> {
+        stored_service(dir, name).ingress_ips()
+    }
+
+    #[test]
+    fn load_balancers_get_pool_addresses_health_check_ports_and_wait_when_none_is_free() {
+        use std::net::Ipv4Addr;
+        let dir = TempDir::new();
+        let (_, warnings) = put_warned(
+            &dir,
+            &format!(
+                "{POOL}{}",
+                service(
+                    "a",
+                    "{type: LoadBalancer, ports: [{port: 443}], externalTrafficPolicy: Local}"
+                )
+            ),
+        )
+        .expect("applied");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(ingress(&dir, "a"), [Ipv4Addr::new(192, 0, 2, 10)]);
+        let a = stored_service(&dir, "a");
+        assert_eq!(
+            (node_ports(&a), a.spec.health_check_node_port),
+            (vec![Some(30000)], Some(30001))
+        );
+        let text = dir.read("service_default_a.yaml").expect("file");
+        assert!(
+            text.contains("status:\n  loadBalancer:\n    ingress:\n    - ip: 192.0.2.10"),
+            "{text}"
+        );
+
+        put(
+            &dir,
+            &service(
+                "b",
+                "{type: LoadBalancer, loadBalancerIP: 192.0.2.11, ports: [{port: 80}]}",
+            ),
+        )
+        .expect("asked for");
+        assert_eq!(ingress(&dir, "b"), [Ipv4Addr::new(192, 0, 2, 11)]);
+        put(
+            &dir,
+            &service("a", "{type: LoadBalancer, ports: [{port: 443}]}"),
+        )
+        .expect("re-applied");
+        assert_eq!(ingress(&dir, "a"), [Ipv4Addr::new(192, 0, 2, 10)], "kept");
+        assert_eq!(
+            stored_service(&dir, "a").spec.health_check_node_port,
+            None,
+            "eTP Cluster now"
+        );
+
+        let (_, warnings) = put_warned(
+            &dir,
+            &service("c", "{type: LoadBalancer, ports: [{port: 80}]}"),
+        )
+        .expect("stored");
+        assert!(ingress(&dir, "c").is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .contains("Service default/c: no CiliumLoadBalancerIPPool has a free address"),
+            "{warnings:?}"
+        );
+        let selective = POOL.replace("{name: public}", "{name: other}").replace(
+            "192.0.2.10, stop: 192.0.2.11}]",
+            "198.51.100.50, stop: 198.51.100.50}], serviceSelector: {matchLabels: {tier: edge}}",
+        );
+        put(&dir, &selective).expect("pool");
+        put(
+            &dir,
+            &service("d", "{type: LoadBalancer, ports: [{port: 80}]}"),
+        )
+        .expect("unlabelled");
+        assert!(
+            ingress(&dir, "d").is_empty(),
+            "the pool selects other Services"
+        );
+        let labelled = service("e", "{type: LoadBalancer, ports: [{port: 80}]}")
+            .replace("{name: e}", "{name: e, labels: {tier: edge}}");
+        put(&dir, &labelled).expect("labelled");
+        assert_eq!(ingress(&dir, "e"), [Ipv4Addr::new(198, 51, 100, 50)]);
     }
 
     fn stored_service(dir: &TempDir, name: &str) -> Service {

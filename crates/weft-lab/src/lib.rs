@@ -16,6 +16,7 @@ mod host;
 mod ip;
 pub mod lifecycle;
 pub mod netns;
+mod north_south;
 pub mod oci;
 pub mod runtime;
 pub mod seed;

@@ -17,6 +17,154 @@ pub struct ClusterConfig {
     /// ClusterIP range (K3s default).
     #[serde(rename = "serviceCIDR")]
     pub service_cidr: Ipv4Cidr,
+    pub node_port: NodePortConfig,
+    /// Weft always load-balances services itself; `false` (kube-proxy beside Weft) is refused.
+    pub kube_proxy_replacement: KubeProxyReplacement,
+    pub routing_mode: RoutingMode,
+    pub tunnel_protocol: TunnelProtocol,
+}
+
+/// `kubeProxyReplacement`: `true` (also the string `"true"`, as Helm often quotes it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "serde_norway::Value")]
+pub struct KubeProxyReplacement;
+
+impl TryFrom<serde_norway::Value> for KubeProxyReplacement {
+    type Error = String;
+
+    fn try_from(value: serde_norway::Value) -> Result<Self, String> {
+        let yes = value.as_bool() == Some(true) || value.as_str() == Some("true");
+        if yes {
+            return Ok(KubeProxyReplacement);
+        }
+        Err(format!(
+            "kubeProxyReplacement {value:?}: Weft always replaces kube-proxy (services are load-balanced in BPF); only `true` is accepted"
+        ))
+    }
+}
+
+/// How pod traffic crosses nodes (`routingMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RoutingMode {
+    /// Encapsulated between nodes ([`TunnelProtocol`]).
+    #[default]
+    Tunnel,
+}
+
+impl TryFrom<String> for RoutingMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "tunnel" => Ok(RoutingMode::Tunnel),
+            "native" => Err(
+                "routingMode native is not supported yet: Weft carries pod traffic \
+                             between nodes in a tunnel (routingMode: tunnel)"
+                    .to_string(),
+            ),
+            other => Err(format!(
+                "routingMode `{other}` is not one of tunnel, native"
+            )),
+        }
+    }
+}
+
+/// The encapsulation of `routingMode: tunnel` (`tunnelProtocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TunnelProtocol {
+    #[default]
+    Geneve,
+}
+
+impl TryFrom<String> for TunnelProtocol {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "geneve" => Ok(TunnelProtocol::Geneve),
+            "vxlan" => Err(
+                "tunnelProtocol vxlan is not supported yet: Weft's tunnel is \
+                            Geneve (tunnelProtocol: geneve)"
+                    .to_string(),
+            ),
+            other => Err(format!(
+                "tunnelProtocol `{other}` is not one of geneve, vxlan"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodePortConfig {
+    pub range: NodePortRange,
+}
+
+/// The ports NodePorts are allocated from (`nodePort.range`): `"30000,32767"` as Cilium writes
+/// it, or `"30000-32767"` as kube-apiserver's `--service-node-port-range` does. Inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NodePortRange {
+    first: u16,
+    last: u16,
+}
+
+impl NodePortRange {
+    pub fn new(first: u16, last: u16) -> Result<NodePortRange, String> {
+        if first == 0 || first > last {
+            return Err(format!(
+                "nodePort.range {first}-{last} is not a range of ports (1 <= first <= last <= 65535)"
+            ));
+        }
+        Ok(NodePortRange { first, last })
+    }
+
+    pub fn first(self) -> u16 {
+        self.first
+    }
+
+    pub fn last(self) -> u16 {
+        self.last
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    pub fn ports(self) -> std::ops::RangeInclusive<u16> {
+        self.first..=self.last
+    }
+}
+
+impl Default for NodePortRange {
+    fn default() -> Self {
+        NodePortRange {
+            first: 30_000,
+            last: 32_767,
+        }
+    }
+}
+
+impl std::fmt::Display for NodePortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl TryFrom<String> for NodePortRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || format!("nodePort.range `{text}` is not `FIRST,LAST` or `FIRST-LAST`");
+        let (first, last) = text
+            .split_once(',')
+            .or_else(|| text.split_once('-'))
+            .ok_or_else(bad)?;
+        let port = |p: &str| p.trim().parse::<u16>().map_err(|_| bad());
+        NodePortRange::new(port(first)?, port(last)?)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -37,6 +185,46 @@ impl Default for BpfConfig {
 pub struct LoadBalancerConfig {
     pub acceleration: Acceleration,
     pub algorithm: LbAlgorithm,
+    pub mode: LbMode,
+    pub dsr_dispatch: DsrDispatch,
+}
+
+/// How north-south flows reach a backend on another node (`loadBalancer.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbMode {
+    /// DNAT and SNAT to the node: replies come back through it (Cilium's default).
+    #[default]
+    Snat,
+    /// DNAT only: the backend's node answers the client itself.
+    Dsr,
+    /// DSR for TCP, SNAT for everything else.
+    Hybrid,
+}
+
+impl LbMode {
+    /// Whether north-south flows of `proto` are forwarded with DSR.
+    pub fn dsr_for(self, proto: crate::k8s::Protocol) -> bool {
+        match self {
+            LbMode::Snat => false,
+            LbMode::Dsr => true,
+            LbMode::Hybrid => proto == crate::k8s::Protocol::Tcp,
+        }
+    }
+}
+
+/// How a DSR packet carries the service address to the backend's node
+/// (`loadBalancer.dsrDispatch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DsrDispatch {
+    /// An IPv4 option (or, inside the tunnel, a Geneve option).
+    #[default]
+    Opt,
+    /// A Geneve option of class 0x014B.
+    Geneve,
+    /// IP-in-IP to the backend's node.
+    Ipip,
 }
 
 /// How a service picks the backend of a new flow (`loadBalancer.algorithm`).
@@ -186,6 +374,10 @@ impl Default for ClusterConfig {
             maglev: MaglevConfig::default(),
             socket_lb: SocketLbConfig::default(),
             service_cidr: Ipv4Cidr::new([10, 43, 0, 0].into(), 16).expect("valid constant"),
+            node_port: NodePortConfig::default(),
+            kube_proxy_replacement: KubeProxyReplacement,
+            routing_mode: RoutingMode::default(),
+            tunnel_protocol: TunnelProtocol::default(),
         }
     }
 }
@@ -320,6 +512,86 @@ mod tests {
         assert!(err.to_string().contains("round-robin"), "{err}");
         let err = ClusterConfig::from_yaml("socketLB: {enable: true}").unwrap_err();
         assert!(err.to_string().contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn north_south_keys_default_as_in_cilium() {
+        let c = ClusterConfig::from_yaml("").unwrap();
+        assert_eq!(c.load_balancer.mode, LbMode::Snat);
+        assert_eq!(c.load_balancer.dsr_dispatch, DsrDispatch::Opt);
+        assert_eq!(
+            c.node_port.range,
+            NodePortRange::new(30_000, 32_767).unwrap()
+        );
+        assert_eq!(
+            (c.routing_mode, c.tunnel_protocol),
+            (RoutingMode::Tunnel, TunnelProtocol::Geneve)
+        );
+    }
+
+    #[test]
+    fn the_seeds_values_are_read() {
+        let c = ClusterConfig::from_yaml(
+            "kubeProxyReplacement: true\nroutingMode: tunnel\ntunnelProtocol: geneve\n\
+             loadBalancer: {mode: dsr, dsrDispatch: opt, algorithm: maglev, acceleration: native}\n\
+             nodePort: {range: \"30000,32767\"}\n",
+        )
+        .unwrap();
+        assert_eq!(c.load_balancer.mode, LbMode::Dsr);
+        assert_eq!(c.load_balancer.dsr_dispatch, DsrDispatch::Opt);
+        assert_eq!(c.node_port.range.to_string(), "30000-32767");
+        let quoted = ClusterConfig::from_yaml("kubeProxyReplacement: \"true\"\n").unwrap();
+        assert_eq!(quoted.kube_proxy_replacement, KubeProxyReplacement);
+        for (mode, dispatch) in [("hybrid", "geneve"), ("snat", "ipip")] {
+            let text = format!("loadBalancer: {{mode: {mode}, dsrDispatch: {dispatch}}}");
+            ClusterConfig::from_yaml(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn hybrid_mode_is_dsr_for_tcp_only() {
+        use crate::k8s::Protocol::{Sctp, Tcp, Udp};
+        assert!(LbMode::Hybrid.dsr_for(Tcp));
+        assert!(!LbMode::Hybrid.dsr_for(Udp) && !LbMode::Hybrid.dsr_for(Sctp));
+        assert!(LbMode::Dsr.dsr_for(Udp));
+        assert!(!LbMode::Snat.dsr_for(Tcp));
+    }
+
+    #[test]
+    fn node_port_ranges_take_both_spellings_and_refuse_nonsense() {
+        let range = |text: &str| {
+            ClusterConfig::from_yaml(&format!("nodePort: {{range: \"{text}\"}}"))
+                .map(|c| c.node_port.range)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            range("31000-31010").unwrap(),
+            NodePortRange::new(31_000, 31_010).unwrap()
+        );
+        assert_eq!(
+            range(" 80 , 80 ").unwrap(),
+            NodePortRange::new(80, 80).unwrap()
+        );
+        assert!(range("30000,32767").unwrap().contains(32_767));
+        assert!(!range("30000,32767").unwrap().contains(29_999));
+        for bad in ["32767,30000", "0-10", "30000", "a-b", "30000-70000"] {
+            let err = range(bad).unwrap_err();
+            assert!(err.contains("nodePort.range"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn unsupported_north_south_values_are_refused_clearly() {
+        let err = |text: &str| ClusterConfig::from_yaml(text).unwrap_err().to_string();
+        assert!(err("routingMode: native").contains("routingMode native is not supported yet"));
+        assert!(err("routingMode: bgp").contains("`bgp` is not one of tunnel, native"));
+        assert!(err("tunnelProtocol: vxlan").contains("tunnelProtocol vxlan is not supported yet"));
+        assert!(err("tunnelProtocol: gre").contains("`gre`"));
+        assert!(err("kubeProxyReplacement: false").contains("Weft always replaces kube-proxy"));
+        assert!(err("kubeProxyReplacement: partial").contains("only `true`"));
+        assert!(err("loadBalancer: {mode: maglev}").contains("maglev"));
+        assert!(err("loadBalancer: {dsrDispatch: gre}").contains("gre"));
+        assert!(err("nodePort: {ranges: \"1-2\"}").contains("ranges"));
     }
 
     #[test]

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::Ipv4Cidr;
 
+pub mod lb_pool;
 pub mod service;
 
+pub use lb_pool::LoadBalancerIpPool;
 use service::port;
 pub use service::{
     ClusterIp, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, SliceEndpoint,
@@ -139,6 +141,7 @@ pub enum Object {
     WeftEndpoint(WeftEndpoint),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    LoadBalancerIpPool(LoadBalancerIpPool),
 }
 
 impl Object {
@@ -151,6 +154,7 @@ impl Object {
             Object::WeftEndpoint(_) => "WeftEndpoint",
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
+            Object::LoadBalancerIpPool(_) => lb_pool::LB_POOL_KIND,
         }
     }
 }
@@ -228,7 +232,16 @@ fn object_of(value: serde_norway::Value, at: Position) -> Result<Object, Manifes
         ("v1", "Pod") => typed(value, at, &kind).map(Object::Pod),
         ("v1", "Namespace") => typed(value, at, &kind).map(Object::Namespace),
         ("v1", "Node") => typed(value, at, &kind).map(Object::Node),
-        ("v1", "Service") => typed(value, at, &kind).map(Object::Service),
+        ("v1", "Service") => {
+            let svc: Service = typed(value, at.clone(), &kind)?;
+            match svc.check() {
+                Ok(()) => Ok(Object::Service(svc)),
+                Err(msg) => Err(ManifestError::Invalid { at, kind, msg }),
+            }
+        }
+        (version, lb_pool::LB_POOL_KIND) if lb_pool::LB_POOL_API_VERSIONS.contains(&version) => {
+            typed(value, at, &kind).map(Object::LoadBalancerIpPool)
+        }
         (DISCOVERY_API_VERSION, "EndpointSlice") => {
             let slice: EndpointSlice = typed(value, at.clone(), &kind)?;
             match slice.check() {

@@ -18,6 +18,33 @@
 //! only the endpoints of this node count, and a frontend without one has no backend at all
 //! (its traffic is dropped, as Kubernetes specifies). Backends are unique per frontend and
 //! sorted by (address, port, protocol).
+//!
+//! North-south frontends (what traffic from outside the cluster addresses), per Service port,
+//! besides its clusterIP frontend:
+//! - NodePort and LoadBalancer Services: (this node's underlay address from its `WeftNode`,
+//!   `nodePort`) — a node receives NodePort traffic on its own address only;
+//! - every `externalIPs` address, and every `status.loadBalancer.ingress` address of a
+//!   LoadBalancer Service: (that address, `port`).
+//!
+//! A frontend claimed twice (an externalIP that is also a node address, on a port equal to a
+//! nodePort) goes to the first claim in (namespace, name) order, then clusterIP, NodePort,
+//! externalIPs, ingress order; the other is a [`FrontendConflict`]. North-south frontends
+//! forward with DSR when `loadBalancer.mode` says so for their protocol.
+//!
+//! Traffic policies and scopes. A north-south frontend's backends depend on where the traffic
+//! comes from: from outside, `externalTrafficPolicy` decides (Local: this node's endpoints only,
+//! none meaning the traffic is dropped); from pods and nodes, `internalTrafficPolicy` does, as
+//! for the clusterIP. When the two policies agree the frontend has one entry (scope
+//! [`LB_SCOPE_EXTERNAL`](weft_common::lb::LB_SCOPE_EXTERNAL)); when they differ it has a second,
+//! [`ServiceLb::internal`], at scope internal.
+//!
+//! Each scope entry has its **own service id**, and with it its own Maglev table (built from
+//! that scope's active backends), its own affinity entries and its own reverse-NAT entry (both
+//! reverse-NAT entries hold the same frontend, so a reply is translated back the same whichever
+//! scope chose its backend). A shared id would need one table for two backend sets, or a
+//! kernel-side special case; separate ids keep the contract "an entry's id keys its table,
+//! affinities and reverse NAT" true for every entry. [`LbIds::internal`] holds the internal
+//! scope's ids; both scopes draw from one id space.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -33,6 +60,25 @@ use crate::{
     },
     maglev::maglev_table,
 };
+
+/// Why a frontend exists: what its address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// The Service's clusterIP: reached from inside the cluster only.
+    ClusterIp,
+    /// This node's address at a `nodePort`.
+    NodePort,
+    /// An `externalIPs` address.
+    ExternalIp,
+    /// A `status.loadBalancer.ingress` address.
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    pub fn is_north_south(self) -> bool {
+        self != FrontendKind::ClusterIp
+    }
+}
 
 /// A Service, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,12 +163,53 @@ pub struct ServiceLb {
     /// (see [`maglev_backend_ids`] for the map's form). Empty when there is no active backend.
     /// `None` with [`LbAlgorithm::Random`].
     pub maglev: Option<Vec<u32>>,
+    pub kind: FrontendKind,
+    /// North-south flows are forwarded with DSR (`loadBalancer.mode`), else with SNAT.
+    pub dsr: bool,
+    /// `externalTrafficPolicy: Local` on a north-south frontend: `backends_active` and
+    /// `backends_terminating` are this node's only.
+    pub external_local: bool,
+    /// The backends of traffic from inside the cluster, when they differ by policy from those
+    /// of traffic from outside (the fields above then are the external scope's).
+    pub internal: Option<InternalScope>,
 }
 
 impl ServiceLb {
     pub fn active_keys(&self) -> Vec<BackendKey> {
-        self.backends_active.iter().map(Backend::key).collect()
+        keys_of(&self.backends_active)
     }
+}
+
+/// The internal scope of a north-south frontend whose traffic policies differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InternalScope {
+    pub backends_active: Vec<Backend>,
+    pub backends_terminating: Vec<Backend>,
+    /// `internalTrafficPolicy: Local`.
+    pub local_only: bool,
+    /// As [`ServiceLb::maglev`], over this scope's `backends_active`.
+    pub maglev: Option<Vec<u32>>,
+}
+
+impl InternalScope {
+    pub fn active_keys(&self) -> Vec<BackendKey> {
+        keys_of(&self.backends_active)
+    }
+}
+
+fn keys_of(backends: &[Backend]) -> Vec<BackendKey> {
+    backends.iter().map(Backend::key).collect()
+}
+
+/// A `healthCheckNodePort` this node answers: HTTP 200 with its count of local endpoints when
+/// it has one, 503 otherwise, so that an external load balancer sends traffic of an
+/// `externalTrafficPolicy: Local` Service only to nodes that have a backend.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HealthCheckPort {
+    pub port: u16,
+    pub service: ServiceName,
+    /// Ready endpoints of the Service on this node (distinct addresses).
+    pub local_endpoints: usize,
 }
 
 /// Two Services claim the same frontend (an explicit clusterIP given twice, or a port listed
@@ -139,6 +226,9 @@ pub struct FrontendConflict {
 pub struct LbState {
     pub frontends: BTreeMap<Frontend, ServiceLb>,
     pub conflicts: Vec<FrontendConflict>,
+    /// Sorted by port; a port claimed twice is kept by the first Service in (namespace, name)
+    /// order.
+    pub health_checks: Vec<HealthCheckPort>,
     /// What the Maglev tables were built with.
     pub maglev_table_size: u32,
     pub maglev_hash_seed: String,
@@ -157,13 +247,35 @@ impl LbState {
     pub fn backends(&self) -> BTreeMap<BackendKey, BackendState> {
         let mut out = BTreeMap::new();
         for lb in self.frontends.values() {
-            for b in &lb.backends_terminating {
+            let internal = lb.internal.as_ref();
+            let terminating = internal.map(|i| i.backends_terminating.as_slice());
+            for b in lb
+                .backends_terminating
+                .iter()
+                .chain(terminating.unwrap_or(&[]))
+            {
                 out.insert(b.key(), BackendState::Terminating);
             }
         }
         for lb in self.frontends.values() {
-            for b in &lb.backends_active {
+            let active = lb.internal.as_ref().map(|i| i.backends_active.as_slice());
+            for b in lb.backends_active.iter().chain(active.unwrap_or(&[])) {
                 out.insert(b.key(), BackendState::Active);
+            }
+        }
+        out
+    }
+
+    /// The `sessionAffinity` timeout of every service id (both scopes) that has one.
+    pub fn affinity_timeouts(&self, ids: &LbIds) -> BTreeMap<u16, u32> {
+        let mut out = BTreeMap::new();
+        for (frontend, lb) in &self.frontends {
+            let Some(timeout) = lb.affinity_timeout else {
+                continue;
+            };
+            let internal = lb.internal.as_ref().and(ids.internal.get(frontend));
+            for id in ids.services.get(frontend).into_iter().chain(internal) {
+                out.insert(*id, timeout);
             }
         }
         out
@@ -192,8 +304,9 @@ pub fn lb_state_reusing(
     let reusable = previous.maglev_table_size == state.maglev_table_size
         && previous.maglev_hash_seed == state.maglev_hash_seed;
     let slices_by_service = store.slices_by_service();
+    let node_ip = store.weft_nodes.get(node).map(|n| n.spec.underlay_ip);
     for svc in store.services.values() {
-        let Some(ip) = svc.spec.cluster_ipv4() else {
+        let Some(cluster_ip) = svc.spec.cluster_ipv4() else {
             continue;
         };
         let slices: Vec<&EndpointSlice> = slices_by_service
@@ -204,26 +317,53 @@ pub fn lb_state_reusing(
             .filter(|s| s.address_type == AddressType::IPv4)
             .collect();
         for port in &svc.spec.ports {
-            let frontend = Frontend {
-                ip,
-                port: port.port,
-                proto: port.protocol,
-            };
-            if let Some(kept) = state.frontends.get(&frontend) {
-                state.conflicts.push(FrontendConflict {
-                    frontend,
-                    kept: kept.service.clone(),
-                    dropped: service_name(svc),
-                });
-                continue;
+            for (frontend, kind) in frontends_of(svc, port, cluster_ip, node_ip) {
+                if let Some(kept) = state.frontends.get(&frontend) {
+                    state.conflicts.push(FrontendConflict {
+                        frontend,
+                        kept: kept.service.clone(),
+                        dropped: service_name(svc),
+                    });
+                    continue;
+                }
+                let mut lb = service_lb(svc, port, &slices, node, config, kind);
+                let old = previous.frontends.get(&frontend).filter(|_| reusable);
+                build_tables(&mut lb, old, &state);
+                state.frontends.insert(frontend, lb);
             }
-            let mut lb = service_lb(svc, port, &slices, node, config.load_balancer.algorithm);
-            let old = previous.frontends.get(&frontend).filter(|_| reusable);
-            lb.maglev = table_for(&lb, old, &state);
-            state.frontends.insert(frontend, lb);
         }
+        add_health_check(&mut state.health_checks, svc, &slices, node);
     }
+    state.health_checks.sort();
     state
+}
+
+/// The frontends of one Service port, in claim order: clusterIP, NodePort (on `node_ip`, when
+/// the node is known), externalIPs, LoadBalancer ingress.
+fn frontends_of(
+    svc: &Service,
+    port: &ServicePort,
+    cluster_ip: Ipv4Addr,
+    node_ip: Option<Ipv4Addr>,
+) -> Vec<(Frontend, FrontendKind)> {
+    let at = |ip: Ipv4Addr, number: u16| Frontend {
+        ip,
+        port: number,
+        proto: port.protocol,
+    };
+    let mut out = vec![(at(cluster_ip, port.port), FrontendKind::ClusterIp)];
+    if svc.spec.has_node_ports()
+        && let (Some(ip), Some(node_port)) = (node_ip, port.node_port)
+    {
+        out.push((at(ip, node_port), FrontendKind::NodePort));
+    }
+    for &ip in &svc.spec.external_ips {
+        out.push((at(ip, port.port), FrontendKind::ExternalIp));
+    }
+    for ip in svc.ingress_ips() {
+        out.push((at(ip, port.port), FrontendKind::LoadBalancer));
+    }
+    out
 }
 
 fn service_lb(
@@ -231,21 +371,75 @@ fn service_lb(
     port: &ServicePort,
     slices: &[&EndpointSlice],
     node: &str,
-    algorithm: LbAlgorithm,
+    config: &ClusterConfig,
+    kind: FrontendKind,
 ) -> ServiceLb {
-    let local_only = svc.spec.internal_traffic_policy == TrafficPolicy::Local;
+    let internal_local = svc.spec.internal_traffic_policy == TrafficPolicy::Local;
+    let external_local = kind.is_north_south() && svc.spec.external_local();
+    let two_scopes = kind.is_north_south() && external_local != internal_local;
+    let local_here = |local: bool| local.then_some(node);
+    let external_scope_local = if kind.is_north_south() {
+        external_local
+    } else {
+        internal_local
+    };
     let (backends_active, backends_terminating) =
-        backends_of(port, slices, local_only.then_some(node));
+        backends_of(port, slices, local_here(external_scope_local));
+    let internal = two_scopes.then(|| {
+        let (backends_active, backends_terminating) =
+            backends_of(port, slices, local_here(internal_local));
+        InternalScope {
+            backends_active,
+            backends_terminating,
+            local_only: internal_local,
+            maglev: None,
+        }
+    });
     ServiceLb {
         service: service_name(svc),
         port_name: port.name().to_string(),
         backends_active,
         backends_terminating,
         affinity_timeout: svc.spec.affinity_timeout(),
-        algorithm,
-        local_only,
+        algorithm: config.load_balancer.algorithm,
+        local_only: internal_local && !two_scopes,
         maglev: None,
+        kind,
+        dsr: kind.is_north_south() && config.load_balancer.mode.dsr_for(port.protocol),
+        external_local,
+        internal,
     }
+}
+
+/// Records the `healthCheckNodePort` of an `externalTrafficPolicy: Local` Service, unless
+/// another Service holds the port already.
+fn add_health_check(
+    checks: &mut Vec<HealthCheckPort>,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &str,
+) {
+    let Some(port) = svc.spec.health_check_node_port else {
+        return;
+    };
+    if !svc.spec.wants_health_check_node_port() || checks.iter().any(|c| c.port == port) {
+        return;
+    }
+    checks.push(HealthCheckPort {
+        port,
+        service: service_name(svc),
+        local_endpoints: local_ready_endpoints(slices, node),
+    });
+}
+
+fn local_ready_endpoints(slices: &[&EndpointSlice], node: &str) -> usize {
+    slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|ep| ep.node_name.as_deref() == Some(node) && ep.conditions.is_ready())
+        .filter_map(|ep| ep.ipv4())
+        .collect::<BTreeSet<Ipv4Addr>>()
+        .len()
 }
 
 fn service_name(svc: &Service) -> ServiceName {
@@ -255,32 +449,42 @@ fn service_name(svc: &Service) -> ServiceName {
     }
 }
 
-/// The Maglev table of `lb` (whose `maglev` is not set yet): `old`'s when it was built for the
-/// same active backends.
-fn table_for(lb: &ServiceLb, old: Option<&ServiceLb>, state: &LbState) -> Option<Vec<u32>> {
+/// Sets the Maglev table of each scope of `lb`, taking `old`'s when it was built for the same
+/// active backends.
+fn build_tables(lb: &mut ServiceLb, old: Option<&ServiceLb>, state: &LbState) {
     if lb.algorithm != LbAlgorithm::Maglev {
-        return None;
+        return;
     }
-    if let Some(old) = old
-        && old.maglev.is_some()
-        && old.active_keys() == lb.active_keys()
+    let old_external = old.and_then(|o| Some((o.active_keys(), o.maglev.as_ref()?)));
+    lb.maglev = Some(table_for(&lb.backends_active, old_external, state));
+    let old_internal = old
+        .and_then(|o| o.internal.as_ref())
+        .and_then(|i| Some((i.active_keys(), i.maglev.as_ref()?)));
+    if let Some(internal) = &mut lb.internal {
+        internal.maglev = Some(table_for(&internal.backends_active, old_internal, state));
+    }
+}
+
+/// The Maglev table of `active`: `old`'s table when it was built for the same backends.
+fn table_for(
+    active: &[Backend],
+    old: Option<(Vec<BackendKey>, &Vec<u32>)>,
+    state: &LbState,
+) -> Vec<u32> {
+    if let Some((old_keys, old_table)) = old
+        && old_keys == keys_of(active)
     {
-        return old.maglev.clone();
+        return old_table.clone();
     }
-    let keys: Vec<String> = lb
-        .backends_active
-        .iter()
-        .map(|b| b.key().to_string())
-        .collect();
+    let keys: Vec<String> = active.iter().map(|b| b.key().to_string()).collect();
     // The size comes from a validated MaglevTableSize, and a service cannot have 2^32
     // backends: building cannot fail.
-    let table = maglev_table(
+    maglev_table(
         &keys,
         state.maglev_table_size,
         state.maglev_hash_seed.as_bytes(),
     )
-    .unwrap_or_else(|e| unreachable!("{e}"));
-    Some(table)
+    .unwrap_or_else(|e| unreachable!("{e}"))
 }
 
 /// The active and terminating backends of one Service port, unique and sorted by key; only
@@ -352,8 +556,12 @@ fn backend_state(c: &EndpointConditions) -> Option<BackendState> {
 /// hold, so a restarted agent rebuilds it from them with [`LbIds::from_pairs`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LbIds {
-    /// 1..=65535.
+    /// 1..=65535: the id of each frontend's entry at the external scope (its only entry when
+    /// it has one scope).
     pub services: BTreeMap<Frontend, u16>,
+    /// The id of the internal-scope entry of the frontends that have two; from the same id
+    /// space as `services`.
+    pub internal: BTreeMap<Frontend, u16>,
     /// 1..=u32::MAX.
     pub backends: BTreeMap<BackendKey, u32>,
 }
@@ -367,10 +575,33 @@ impl LbIds {
     ) -> LbIds {
         LbIds {
             services: services.into_iter().collect(),
+            internal: BTreeMap::new(),
             backends: backends.into_iter().collect(),
         }
     }
+
+    /// Every service id with its frontend and scope.
+    pub fn service_ids(&self) -> BTreeMap<ScopedFrontend, u16> {
+        let external = self
+            .services
+            .iter()
+            .map(|(f, id)| ((*f, Scope::External), *id));
+        let internal = self
+            .internal
+            .iter()
+            .map(|(f, id)| ((*f, Scope::Internal), *id));
+        external.chain(internal).collect()
+    }
 }
+
+/// Which of a frontend's two entries (the map key's `scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    External,
+    Internal,
+}
+
+pub type ScopedFrontend = (Frontend, Scope);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LbIdError {
@@ -383,16 +614,24 @@ pub enum LbIdError {
 /// Ids for every frontend and backend of `desired`: those `previous` gave keep theirs; ids of
 /// what is no longer desired are free again; what is new gets the smallest free id.
 pub fn assign_ids(desired: &LbState, previous: &LbIds) -> Result<LbIds, LbIdError> {
-    let frontends: BTreeSet<Frontend> = desired.frontends.keys().copied().collect();
+    let entries: BTreeSet<ScopedFrontend> = desired
+        .frontends
+        .iter()
+        .flat_map(|(f, lb)| {
+            let internal = lb.internal.is_some().then_some((*f, Scope::Internal));
+            std::iter::once((*f, Scope::External)).chain(internal)
+        })
+        .collect();
     let backends: BTreeSet<BackendKey> = desired.backends().into_keys().collect();
     let service_max = u64::from(u16::MAX);
     let backend_max = u64::from(u32::MAX);
-    let services = assign(&frontends, &widen(&previous.services), service_max).ok_or(
+    let services = assign(&entries, &widen(&previous.service_ids()), service_max).ok_or(
         LbIdError::ServiceIdsExhausted {
-            wanted: frontends.len(),
+            wanted: entries.len(),
             max: service_max,
         },
     )?;
+    let (services, internal) = split_scopes(narrow(services));
     let backends = assign(&backends, &widen(&previous.backends), backend_max).ok_or(
         LbIdError::BackendIdsExhausted {
             wanted: backends.len(),
@@ -400,9 +639,20 @@ pub fn assign_ids(desired: &LbState, previous: &LbIds) -> Result<LbIds, LbIdErro
         },
     )?;
     Ok(LbIds {
-        services: narrow(services),
+        services,
+        internal,
         backends: narrow(backends),
     })
+}
+
+fn split_scopes(
+    ids: BTreeMap<ScopedFrontend, u16>,
+) -> (BTreeMap<Frontend, u16>, BTreeMap<Frontend, u16>) {
+    let (external, internal): (Vec<_>, Vec<_>) = ids
+        .into_iter()
+        .partition(|((_, scope), _)| *scope == Scope::External);
+    let strip = |v: Vec<(ScopedFrontend, u16)>| v.into_iter().map(|((f, _), id)| (f, id)).collect();
+    (strip(external), strip(internal))
 }
 
 fn widen<K: Ord + Copy, I: Copy + Into<u64>>(ids: &BTreeMap<K, I>) -> BTreeMap<K, u64> {
@@ -452,9 +702,16 @@ fn assign<K: Ord + Copy>(
 /// backend. `None` when the frontend does not use Maglev, or when `ids` lacks one of its
 /// backends (ids assigned for another state).
 pub fn maglev_backend_ids(lb: &ServiceLb, ids: &LbIds) -> Option<Vec<u32>> {
-    let table = lb.maglev.as_ref()?;
-    let by_index = lb
-        .backends_active
+    table_backend_ids(&lb.backends_active, lb.maglev.as_ref()?, ids)
+}
+
+/// [`maglev_backend_ids`] of a frontend's internal scope.
+pub fn internal_maglev_backend_ids(scope: &InternalScope, ids: &LbIds) -> Option<Vec<u32>> {
+    table_backend_ids(&scope.backends_active, scope.maglev.as_ref()?, ids)
+}
+
+fn table_backend_ids(active: &[Backend], table: &[u32], ids: &LbIds) -> Option<Vec<u32>> {
+    let by_index = active
         .iter()
         .map(|b| ids.backends.get(&b.key()).copied())
         .collect::<Option<Vec<u32>>>()?;
@@ -529,10 +786,17 @@ fn needs_table(old: Option<&ServiceLb>, new: &ServiceLb) -> bool {
     let Some(table) = &new.maglev else {
         return false;
     };
-    match old {
-        None => true,
-        Some(old) => old.maglev.as_ref() != Some(table) || old.active_keys() != new.active_keys(),
-    }
+    let Some(old) = old else {
+        return true;
+    };
+    let internal_table = |lb: &ServiceLb| {
+        lb.internal
+            .as_ref()
+            .map(|i| (i.active_keys(), i.maglev.clone()))
+    };
+    old.maglev.as_ref() != Some(table)
+        || old.active_keys() != new.active_keys()
+        || internal_table(old) != internal_table(new)
 }
 
 #[cfg(test)]

@@ -2,6 +2,14 @@
 //! [`LbIds`]; the ids read back from those contents (what a restarted agent adopts); and the
 //! ids a change frees, whose conntrack and affinity entries must go before the ids are used
 //! again.
+//!
+//! A frontend's entries: the service entry (slot 0) and backend slots 1..=count at scope
+//! external; with two scopes the same again at scope internal, under the internal scope's own
+//! id (its own reverse-NAT entry, holding the same frontend, and its own Maglev table). Flags
+//! of the external entry: the frontend's kind (NodePort, externalIP, LoadBalancer), DSR,
+//! `EXT_LOCAL`, `LOCAL_ONLY` when its backends follow `internalTrafficPolicy: Local`, and
+//! `TWO_SCOPES`; of the internal entry: the kind and `LOCAL_ONLY` (DSR and `EXT_LOCAL` concern
+//! traffic from outside, which never takes it).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,14 +20,19 @@ use weft_common::{
     Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service,
     lb::{
         BACKEND_FLAG_TERMINATING, LB_ALG_MAGLEV, LB_ALG_RANDOM, LB_SCOPE_EXTERNAL,
-        SVC_FLAG_AFFINITY, SVC_FLAG_LOCAL_ONLY,
+        LB_SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DSR, SVC_FLAG_EXT_LOCAL,
+        SVC_FLAG_EXTERNAL_IP, SVC_FLAG_LOADBALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODEPORT,
+        SVC_FLAG_TWO_SCOPES,
     },
 };
 
 use crate::{
     LbAlgorithm,
     k8s::Protocol,
-    lb::{BackendKey, BackendState, Frontend, LbIds, LbState, ServiceLb, maglev_backend_ids},
+    lb::{
+        Backend, BackendKey, BackendState, Frontend, FrontendKind, LbIds, LbState, Scope,
+        ServiceLb, internal_maglev_backend_ids, maglev_backend_ids,
+    },
 };
 
 /// What `weft_lb4_services`, `weft_lb4_backends`, `weft_lb4_revnat` and `weft_lb4_maglev`
@@ -39,20 +52,28 @@ pub struct LbMapContents {
 pub fn lb_map_contents(state: &LbState, ids: &LbIds) -> LbMapContents {
     let mut out = LbMapContents::default();
     for (frontend, lb) in &state.frontends {
-        let Some(&id) = ids.services.get(frontend) else {
-            continue;
-        };
-        let table = maglev_backend_ids(lb, ids).filter(|t| !t.is_empty());
-        let slots = backend_slots(lb, ids);
-        let entry = service_entry(lb, id, &slots, table.as_ref().map_or(0, Vec::len));
-        out.services.insert(frontend_key(frontend, 0), entry);
-        for (slot, backend_id) in (1u16..).zip(slots) {
-            out.services
-                .insert(frontend_key(frontend, slot), slot_entry(backend_id));
+        if let Some(&id) = ids.services.get(frontend) {
+            let scope = ScopeEntries {
+                frontend,
+                scope: Scope::External,
+                id,
+                slots: backend_slots(&lb.backends_active, ids),
+                table: maglev_backend_ids(lb, ids),
+                flags: external_flags(lb),
+            };
+            scope.write(lb, &mut out);
         }
-        out.revnat.insert(id, revnat_entry(frontend));
-        if let Some(table) = table {
-            out.maglev.insert(id, table);
+        let internal = lb.internal.as_ref();
+        if let (Some(internal), Some(&id)) = (internal, ids.internal.get(frontend)) {
+            let scope = ScopeEntries {
+                frontend,
+                scope: Scope::Internal,
+                id,
+                slots: backend_slots(&internal.backends_active, ids),
+                table: internal_maglev_backend_ids(internal, ids),
+                flags: kind_flag(lb.kind) | local_only_flag(internal.local_only),
+            };
+            scope.write(lb, &mut out);
         }
     }
     for (key, state) in state.backends() {
@@ -63,39 +84,109 @@ pub fn lb_map_contents(state: &LbState, ids: &LbIds) -> LbMapContents {
     out
 }
 
+/// The entries of one scope of a frontend, before they are written.
+struct ScopeEntries<'a> {
+    frontend: &'a Frontend,
+    scope: Scope,
+    id: u16,
+    slots: Vec<u32>,
+    table: Option<Vec<u32>>,
+    /// Flags of the service entry, but for affinity (common to both scopes).
+    flags: u16,
+}
+
+impl ScopeEntries<'_> {
+    fn write(self, lb: &ServiceLb, out: &mut LbMapContents) {
+        let table = self.table.filter(|t| !t.is_empty());
+        let maglev_size = table.as_ref().map_or(0, Vec::len);
+        let entry = service_entry(lb, self.id, &self.slots, maglev_size, self.flags);
+        out.services
+            .insert(scoped_key(self.frontend, self.scope, 0), entry);
+        for (slot, backend_id) in (1u16..).zip(self.slots) {
+            out.services.insert(
+                scoped_key(self.frontend, self.scope, slot),
+                slot_entry(backend_id),
+            );
+        }
+        out.revnat.insert(self.id, revnat_entry(self.frontend));
+        if let Some(table) = table {
+            out.maglev.insert(self.id, table);
+        }
+    }
+}
+
+fn kind_flag(kind: FrontendKind) -> u16 {
+    match kind {
+        FrontendKind::ClusterIp => 0,
+        FrontendKind::NodePort => SVC_FLAG_NODEPORT,
+        FrontendKind::ExternalIp => SVC_FLAG_EXTERNAL_IP,
+        FrontendKind::LoadBalancer => SVC_FLAG_LOADBALANCER,
+    }
+}
+
+fn local_only_flag(local_only: bool) -> u16 {
+    if local_only { SVC_FLAG_LOCAL_ONLY } else { 0 }
+}
+
+/// Flags of the external (or only) scope's service entry, but for affinity.
+fn external_flags(lb: &ServiceLb) -> u16 {
+    let named = [
+        (lb.dsr, SVC_FLAG_DSR),
+        (lb.external_local, SVC_FLAG_EXT_LOCAL),
+        (lb.internal.is_some(), SVC_FLAG_TWO_SCOPES),
+    ];
+    let set = named
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |acc, (_, f)| acc | f);
+    kind_flag(lb.kind) | local_only_flag(lb.local_only) | set
+}
+
 /// The ids of the active backends, in slot order; at most as many as a slot number counts.
-fn backend_slots(lb: &ServiceLb, ids: &LbIds) -> Vec<u32> {
-    lb.backends_active
+fn backend_slots(active: &[Backend], ids: &LbIds) -> Vec<u32> {
+    active
         .iter()
         .filter_map(|b| ids.backends.get(&b.key()).copied())
         .take(usize::from(u16::MAX))
         .collect()
 }
 
+/// The key of a frontend's entry at the external scope (its only one when it has one).
 pub fn frontend_key(frontend: &Frontend, slot: u16) -> Lb4Key {
+    scoped_key(frontend, Scope::External, slot)
+}
+
+pub fn scoped_key(frontend: &Frontend, scope: Scope, slot: u16) -> Lb4Key {
     Lb4Key {
         address: frontend.ip.octets(),
         port: frontend.port,
         proto: frontend.proto.ip_proto(),
-        scope: LB_SCOPE_EXTERNAL,
+        scope: match scope {
+            Scope::External => LB_SCOPE_EXTERNAL,
+            Scope::Internal => LB_SCOPE_INTERNAL,
+        },
         slot,
         _pad: [0; 2],
     }
 }
 
-fn service_entry(lb: &ServiceLb, id: u16, slots: &[u32], maglev_size: usize) -> Lb4Service {
-    let mut flags = 0;
-    if lb.affinity_timeout.is_some() {
-        flags |= SVC_FLAG_AFFINITY;
-    }
-    if lb.local_only {
-        flags |= SVC_FLAG_LOCAL_ONLY;
-    }
+fn service_entry(
+    lb: &ServiceLb,
+    id: u16,
+    slots: &[u32],
+    maglev_size: usize,
+    flags: u16,
+) -> Lb4Service {
+    let affinity = if lb.affinity_timeout.is_some() {
+        SVC_FLAG_AFFINITY
+    } else {
+        0
+    };
     Lb4Service {
         backend_id: 0,
         count: u16::try_from(slots.len()).unwrap_or(u16::MAX),
         rev_nat_index: id,
-        flags,
+        flags: flags | affinity,
         algorithm: match lb.algorithm {
             LbAlgorithm::Random => LB_ALG_RANDOM,
             LbAlgorithm::Maglev => LB_ALG_MAGLEV,
@@ -133,23 +224,26 @@ fn backend_entry(key: &BackendKey, state: BackendState) -> Lb4Backend {
     }
 }
 
-/// The ids the maps hold: each service entry's frontend and id, each backend's key and id.
-/// Entries no Service could have made (an unknown protocol, another scope) are not ids.
+/// The ids the maps hold: each service entry's frontend, scope and id, each backend's key and
+/// id. Entries no Service could have made (an unknown protocol or scope) are not ids.
 pub fn ids_from_maps(
     services: &BTreeMap<Lb4Key, Lb4Service>,
     backends: &BTreeMap<u32, Lb4Backend>,
 ) -> LbIds {
-    let frontends = services
-        .iter()
-        .filter(|(key, _)| key.slot == 0 && key.scope == LB_SCOPE_EXTERNAL)
-        .filter_map(|(key, svc)| {
-            let frontend = Frontend {
-                ip: Ipv4Addr::from(key.address),
-                port: key.port,
-                proto: Protocol::from_ip_proto(key.proto)?,
-            };
-            Some((frontend, svc.rev_nat_index))
-        });
+    let in_scope = |scope: u8| {
+        services
+            .iter()
+            .filter(move |(key, _)| key.slot == 0 && key.scope == scope)
+            .filter_map(|(key, svc)| {
+                let frontend = Frontend {
+                    ip: Ipv4Addr::from(key.address),
+                    port: key.port,
+                    proto: Protocol::from_ip_proto(key.proto)?,
+                };
+                Some((frontend, svc.rev_nat_index))
+            })
+    };
+    let frontends = in_scope(LB_SCOPE_EXTERNAL);
     let backends = backends.iter().filter_map(|(&id, b)| {
         let key = BackendKey {
             ip: Ipv4Addr::from(b.address),
@@ -158,7 +252,10 @@ pub fn ids_from_maps(
         };
         Some((key, id))
     });
-    LbIds::from_pairs(frontends, backends)
+    LbIds {
+        internal: in_scope(LB_SCOPE_INTERNAL).collect(),
+        ..LbIds::from_pairs(frontends, backends)
+    }
 }
 
 /// Ids that named something in `old` and name something else, or nothing, in `new`: flows
@@ -177,7 +274,7 @@ impl FreedIds {
 
 pub fn freed_ids(old: &LbIds, new: &LbIds) -> FreedIds {
     FreedIds {
-        services: freed(&old.services, &new.services),
+        services: freed(&old.service_ids(), &new.service_ids()),
         backends: freed(&old.backends, &new.backends),
     }
 }
@@ -341,6 +438,212 @@ endpoints:
         let old = LbIds::from_pairs([(a, 1), (b, 2)], []);
         let new = LbIds::from_pairs([(a, 1), (c, 2)], []);
         assert_eq!(freed_ids(&old, &new).services, BTreeSet::from([2]));
+        assert!(freed_ids(&old, &old).is_empty());
+    }
+
+    const NORTH_SOUTH: &str = r#"
+apiVersion: weft.io/v1alpha1
+kind: WeftNode
+metadata: {name: vps1}
+spec: {podCIDR: 10.42.1.0/24, underlayIP: 198.51.100.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: edge, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.43.0.50
+  externalIPs: [198.51.100.1]
+  externalTrafficPolicy: POLICY
+  ports:
+  - {name: http, port: 80, nodePort: 30080}
+  - {name: dns, port: 53, protocol: UDP, nodePort: 30053}
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: edge-1
+  namespace: default
+  labels: {kubernetes.io/service-name: edge}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- {addresses: [10.42.2.10], nodeName: vps2}
+- {addresses: [10.42.3.10], nodeName: vps3}
+"#;
+
+    fn north_south(policy: &str, mode: &str) -> (LbIds, LbMapContents) {
+        let config = ClusterConfig::from_yaml(&format!(
+            "loadBalancer: {{algorithm: maglev, mode: {mode}}}\nmaglev: {{tableSize: 251}}\n"
+        ))
+        .unwrap();
+        let (_, ids, maps) = contents(&store(&NORTH_SOUTH.replace("POLICY", policy)), &config);
+        (ids, maps)
+    }
+
+    fn entry(maps: &LbMapContents, f: &Frontend, scope: Scope) -> Lb4Service {
+        maps.services[&scoped_key(f, scope, 0)]
+    }
+
+    #[test]
+    fn north_south_entries_carry_their_kind_and_snat_or_dsr() {
+        let (_, maps) = north_south("Cluster", "hybrid");
+        let flags =
+            |ip, port, proto| entry(&maps, &frontend(ip, port, proto), Scope::External).flags;
+        assert_eq!(
+            flags([198, 51, 100, 1], 30080, Protocol::Tcp),
+            SVC_FLAG_NODEPORT | SVC_FLAG_DSR
+        );
+        assert_eq!(
+            flags([198, 51, 100, 1], 30053, Protocol::Udp),
+            SVC_FLAG_NODEPORT,
+            "hybrid: UDP is SNAT"
+        );
+        assert_eq!(
+            flags([198, 51, 100, 1], 80, Protocol::Tcp),
+            SVC_FLAG_EXTERNAL_IP | SVC_FLAG_DSR
+        );
+        assert_eq!(
+            flags([192, 0, 2, 10], 80, Protocol::Tcp),
+            SVC_FLAG_LOADBALANCER | SVC_FLAG_DSR
+        );
+        assert_eq!(
+            flags([192, 0, 2, 10], 53, Protocol::Udp),
+            SVC_FLAG_LOADBALANCER
+        );
+        assert_eq!(
+            flags([10, 43, 0, 50], 80, Protocol::Tcp),
+            0,
+            "the clusterIP is unchanged"
+        );
+        assert!(!weft_common::lb::is_north_south(0));
+        assert!(
+            maps.services.keys().all(|k| k.scope == LB_SCOPE_EXTERNAL),
+            "one scope"
+        );
+        let np = entry(
+            &maps,
+            &frontend([198, 51, 100, 1], 30080, Protocol::Tcp),
+            Scope::External,
+        );
+        assert_eq!((np.count, np.maglev_size), (2, 251));
+        assert_eq!(maps.revnat[&np.rev_nat_index].address, [198, 51, 100, 1]);
+        assert_eq!(maps.revnat[&np.rev_nat_index].port, 30080);
+        // 4 kinds x 2 ports, each an entry and 2 slots.
+        assert_eq!(maps.services.len(), 8 * 3);
+        let (_, snat) = north_south("Cluster", "snat");
+        assert!(snat.services.values().all(|e| e.flags & SVC_FLAG_DSR == 0));
+    }
+
+    #[test]
+    fn external_local_without_a_local_backend_has_count_zero_and_a_full_internal_scope() {
+        let (ids, maps) = north_south("Local", "dsr");
+        let np = frontend([198, 51, 100, 1], 30080, Protocol::Tcp);
+        let external = entry(&maps, &np, Scope::External);
+        assert_eq!(external.count, 0, "no backend on vps1: dropped");
+        assert_eq!(external.maglev_size, 0);
+        assert_eq!(
+            external.flags,
+            SVC_FLAG_NODEPORT | SVC_FLAG_DSR | SVC_FLAG_EXT_LOCAL | SVC_FLAG_TWO_SCOPES
+        );
+        assert!(
+            !maps
+                .services
+                .contains_key(&scoped_key(&np, Scope::External, 1))
+        );
+        assert!(!maps.maglev.contains_key(&external.rev_nat_index));
+        let internal = entry(&maps, &np, Scope::Internal);
+        assert_eq!(internal.flags, SVC_FLAG_NODEPORT);
+        assert_eq!(internal.count, 2);
+        assert_eq!(internal.maglev_size, 251);
+        assert_eq!(internal.rev_nat_index, ids.internal[&np]);
+        assert_ne!(internal.rev_nat_index, external.rev_nat_index);
+        for slot in 1..=2 {
+            let backend = maps.services[&scoped_key(&np, Scope::Internal, slot)].backend_id;
+            assert!(maps.backends.contains_key(&backend));
+        }
+        assert_eq!(
+            maps.revnat[&internal.rev_nat_index], maps.revnat[&external.rev_nat_index],
+            "replies are translated back to the same frontend"
+        );
+        let table: BTreeSet<u32> = maps.maglev[&internal.rev_nat_index]
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(table.len(), 2);
+        let cip = entry(
+            &maps,
+            &frontend([10, 43, 0, 50], 80, Protocol::Tcp),
+            Scope::External,
+        );
+        assert_eq!((cip.flags, cip.count), (0, 2));
+        assert!(!maps.services.contains_key(&scoped_key(
+            &frontend([10, 43, 0, 50], 80, Protocol::Tcp),
+            Scope::Internal,
+            0
+        )));
+    }
+
+    #[test]
+    fn external_local_with_a_local_backend_fills_the_external_scope_with_it_only() {
+        let text = NORTH_SOUTH
+            .replace("POLICY", "Local")
+            .replace("nodeName: vps3", "nodeName: vps1");
+        let (state, ids, maps) = contents(&store(&text), &maglev_config());
+        let np = frontend([198, 51, 100, 1], 30080, Protocol::Tcp);
+        let external = entry(&maps, &np, Scope::External);
+        assert_eq!(external.count, 1);
+        let local = maps.services[&scoped_key(&np, Scope::External, 1)].backend_id;
+        assert_eq!(maps.backends[&local].address, [10, 42, 3, 10]);
+        assert!(
+            maps.maglev[&external.rev_nat_index]
+                .iter()
+                .all(|&b| b == local)
+        );
+        assert_eq!(entry(&maps, &np, Scope::Internal).count, 2);
+        assert_eq!(ids_from_maps(&maps.services, &maps.backends), ids);
+        assert_eq!(
+            state.frontends[&np]
+                .internal
+                .as_ref()
+                .map(|i| i.backends_active.len()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn ids_of_both_scopes_round_trip_through_the_maps() {
+        let (ids, maps) = north_south("Local", "snat");
+        assert_eq!(ids.internal.len(), 6, "3 north-south kinds x 2 ports");
+        assert_eq!(ids_from_maps(&maps.services, &maps.backends), ids);
+        let mut stray = maps.services.clone();
+        let mut key = frontend_key(&frontend([10, 43, 0, 99], 80, Protocol::Tcp), 0);
+        key.scope = 7;
+        stray.insert(
+            key,
+            Lb4Service {
+                rev_nat_index: 99,
+                ..Lb4Service::default()
+            },
+        );
+        assert_eq!(
+            ids_from_maps(&stray, &maps.backends),
+            ids,
+            "an unknown scope is no id"
+        );
+    }
+
+    #[test]
+    fn an_internal_scope_id_given_to_another_frontend_is_freed() {
+        let a = frontend([198, 51, 100, 1], 30080, Protocol::Tcp);
+        let mut old = LbIds::from_pairs([(a, 1)], []);
+        old.internal.insert(a, 2);
+        let mut moved = LbIds::from_pairs([(a, 2)], []);
+        moved.internal.insert(a, 1);
+        assert_eq!(freed_ids(&old, &moved).services, BTreeSet::from([1, 2]));
         assert!(freed_ids(&old, &old).is_empty());
     }
 }

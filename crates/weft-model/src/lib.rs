@@ -19,5 +19,5 @@ pub mod service_ip;
 pub mod store;
 
 pub use cidr::{CidrError, Ipv4Cidr};
-pub use config::{Acceleration, ClusterConfig, LbAlgorithm};
+pub use config::{Acceleration, ClusterConfig, LbAlgorithm, LbMode};
 pub use store::{Store, StoreError};

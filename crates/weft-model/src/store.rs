@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use crate::k8s::{
-    EndpointSlice, ManifestError, Namespace, Node, Object, Pod, Service, WeftEndpoint, WeftNode,
-    parse_manifest,
+    EndpointSlice, LoadBalancerIpPool, ManifestError, Namespace, Node, Object, Pod, Service,
+    WeftEndpoint, WeftNode, parse_manifest,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Store {
     pub services: BTreeMap<(String, String), Service>,
     /// By (namespace, name): applied ones and those derived for Services with a selector.
     pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
+    /// LB-IPAM pools, by name (cluster-scoped).
+    pub lb_ip_pools: BTreeMap<String, LoadBalancerIpPool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +100,9 @@ impl Store {
             Object::EndpointSlice(s) => {
                 self.endpoint_slices.insert(namespaced_key(&s.metadata), s);
             }
+            Object::LoadBalancerIpPool(p) => {
+                self.lb_ip_pools.insert(p.metadata.name.clone(), p);
+            }
         }
     }
 
@@ -152,6 +157,7 @@ fn object_key(object: &Object) -> String {
         Object::Namespace(n) => n.metadata.name.clone(),
         Object::Node(n) => n.metadata.name.clone(),
         Object::WeftNode(n) => n.metadata.name.clone(),
+        Object::LoadBalancerIpPool(p) => p.metadata.name.clone(),
     }
 }
 

@@ -132,6 +132,7 @@ pub fn applied_lines(
         lines.push(line);
     }
     lines.extend(side_effects(report));
+    lines.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
     lines
 }
 
@@ -241,6 +242,9 @@ mod tests {
                 written: vec!["default/web-weft".into()],
                 removed: vec!["default/old-weft".into()],
             },
+            warnings: vec![
+                "Service default/lb: no CiliumLoadBalancerIPPool has a free address".into(),
+            ],
         };
         let before = snap(&[("namespace__team.yaml", "a"), ("pod_default_db.yaml", "x")]);
         let after = snap(&[
@@ -258,6 +262,7 @@ mod tests {
                 "pod/default/old stopped on vps2",
                 "endpointslice/default/web-weft written",
                 "endpointslice/default/old-weft removed",
+                "warning: Service default/lb: no CiliumLoadBalancerIPPool has a free address",
             ]
         );
     }

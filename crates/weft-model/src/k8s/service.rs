@@ -202,6 +202,113 @@ pub struct Service {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ServiceSpec,
+    #[serde(default, skip_serializing_if = "ServiceStatus::is_empty")]
+    pub status: ServiceStatus,
+}
+
+impl Service {
+    /// Checks what serde cannot, as Kubernetes' validation does: node ports only where the type
+    /// opens them, and no node port twice for one protocol.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let spec = &self.spec;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, port) in spec.ports.iter().enumerate() {
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            if !spec.has_node_ports() {
+                return Err(format!(
+                    "ports[{i}].nodePort {node_port}: a {:?} Service has no node ports",
+                    spec.service_type
+                ));
+            }
+            if !seen.insert((node_port, port.protocol)) {
+                return Err(format!(
+                    "ports[{i}].nodePort {node_port}/{} is given twice",
+                    port.protocol
+                ));
+            }
+        }
+        if let Some(port) = spec.health_check_node_port
+            && !spec.wants_health_check_node_port()
+        {
+            return Err(format!(
+                "healthCheckNodePort {port} needs type LoadBalancer or NodePort and \
+                 externalTrafficPolicy Local"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The addresses a LoadBalancer Service was given (`status.loadBalancer.ingress[].ip`);
+    /// none for another type.
+    pub fn ingress_ips(&self) -> Vec<Ipv4Addr> {
+        if self.spec.service_type != ServiceType::LoadBalancer {
+            return Vec::new();
+        }
+        self.status
+            .load_balancer
+            .ingress
+            .iter()
+            .filter_map(|i| i.ip)
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default)]
+    pub load_balancer: LoadBalancerStatus,
+}
+
+impl ServiceStatus {
+    pub fn is_empty(&self) -> bool {
+        self.load_balancer.ingress.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+/// One address of a LoadBalancer; a hostname-only ingress (a cloud's DNS name) has no `ip`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerIngress {
+    #[serde(
+        default,
+        deserialize_with = "optional_ipv4",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+fn ipv4_of(text: &str, field: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("{field} `{text}` is not an IPv4 address"))
+}
+
+/// An IPv4 address field; absent and `""` are none.
+fn optional_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some(text) => ipv4_of(text, "address")
+            .map(Some)
+            .map_err(de::Error::custom),
+    }
+}
+
+fn ipv4_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ipv4Addr>, D::Error> {
+    Option::<Vec<String>>::deserialize(d)?
+        .unwrap_or_default()
+        .iter()
+        .map(|text| ipv4_of(text, "externalIPs:"))
+        .collect::<Result<_, _>>()
+        .map_err(de::Error::custom)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +339,31 @@ pub struct ServiceSpec {
     pub internal_traffic_policy: TrafficPolicy,
     #[serde(default)]
     pub external_traffic_policy: TrafficPolicy,
+    /// Addresses outside the cluster's control routed to the nodes; each is a frontend on
+    /// every port.
+    #[serde(
+        rename = "externalIPs",
+        default,
+        deserialize_with = "ipv4_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub external_ips: Vec<Ipv4Addr>,
+    /// With `externalTrafficPolicy: Local` on a LoadBalancer or NodePort Service: the port
+    /// every node answers with its count of local endpoints.
+    #[serde(
+        default,
+        deserialize_with = "optional_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub health_check_node_port: Option<u16>,
+    /// The address a LoadBalancer asks for (deprecated in Kubernetes, still honoured).
+    #[serde(
+        rename = "loadBalancerIP",
+        default,
+        deserialize_with = "optional_ipv4",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer_ip: Option<Ipv4Addr>,
 }
 
 impl ServiceSpec {
@@ -248,6 +380,26 @@ impl ServiceSpec {
             (_, Some(ClusterIp::V4(ip))) => Some(ip),
             _ => None,
         }
+    }
+
+    /// NodePort and LoadBalancer Services open a node port per port.
+    pub fn has_node_ports(&self) -> bool {
+        matches!(
+            self.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        )
+    }
+
+    /// `externalTrafficPolicy: Local` on a Service reached from outside: north-south traffic
+    /// goes to the endpoints of the node it enters only.
+    pub fn external_local(&self) -> bool {
+        self.external_traffic_policy == TrafficPolicy::Local
+            && (self.has_node_ports() || !self.external_ips.is_empty())
+    }
+
+    /// Whether the Service needs a `healthCheckNodePort` (Kubernetes allocates one then).
+    pub fn wants_health_check_node_port(&self) -> bool {
+        self.has_node_ports() && self.external_traffic_policy == TrafficPolicy::Local
     }
 
     /// The `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
@@ -472,6 +624,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop, annotations: {ignored: "yes"}}
 spec:
+  type: NodePort
   selector: {app: web}
   clusterIP: 10.43.0.20
   clusterIPs: [10.43.0.20]
@@ -511,7 +664,7 @@ spec:
     fn a_service_parses_with_its_ports_affinity_and_policies() {
         let svc = service(SERVICE).unwrap();
         let spec = &svc.spec;
-        assert_eq!(spec.service_type, ServiceType::ClusterIP);
+        assert_eq!(spec.service_type, ServiceType::NodePort);
         assert_eq!(spec.cluster_ipv4(), Some(Ipv4Addr::new(10, 43, 0, 20)));
         assert_eq!(spec.selector().unwrap()["app"], "web");
         assert_eq!(spec.ports.len(), 3);
@@ -524,6 +677,115 @@ spec:
         assert_eq!(spec.affinity_timeout(), Some(60));
         assert_eq!(spec.internal_traffic_policy, TrafficPolicy::Local);
         assert_eq!(spec.external_traffic_policy, TrafficPolicy::Cluster);
+    }
+
+    const LOAD_BALANCER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: edge, namespace: web}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.43.0.30
+  ports:
+    - {name: https, port: 443, nodePort: 30443}
+    - {name: quic, port: 443, protocol: UDP, nodePort: 30443}
+  externalIPs: [198.51.100.1, 198.51.100.2]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  loadBalancerIP: 192.0.2.10
+status:
+  loadBalancer:
+    ingress:
+      - {ip: 192.0.2.10, ipMode: VIP}
+      - {hostname: lb.example.com}
+"#;
+
+    #[test]
+    fn a_load_balancer_service_parses_with_its_north_south_fields() {
+        let svc = service(LOAD_BALANCER).unwrap();
+        let spec = &svc.spec;
+        assert_eq!(spec.service_type, ServiceType::LoadBalancer);
+        assert_eq!(
+            (spec.ports[0].node_port, spec.ports[1].node_port),
+            (Some(30443), Some(30443)),
+            "one node port for TCP and UDP is allowed"
+        );
+        assert_eq!(
+            spec.external_ips,
+            [
+                Ipv4Addr::new(198, 51, 100, 1),
+                Ipv4Addr::new(198, 51, 100, 2)
+            ]
+        );
+        assert_eq!(spec.external_traffic_policy, TrafficPolicy::Local);
+        assert!(spec.external_local() && spec.wants_health_check_node_port());
+        assert_eq!(spec.health_check_node_port, Some(32000));
+        assert_eq!(spec.load_balancer_ip, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(svc.ingress_ips(), [Ipv4Addr::new(192, 0, 2, 10)]);
+        assert_eq!(
+            svc.status.load_balancer.ingress[1].hostname.as_deref(),
+            Some("lb.example.com")
+        );
+        let again = service(&svc.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, svc, "round-trips through the YAML Weft writes");
+    }
+
+    #[test]
+    fn north_south_fields_default_and_apply_only_where_kubernetes_applies_them() {
+        let plain = service_with_spec("{ports: [{port: 80}]}").unwrap();
+        assert!(plain.spec.external_ips.is_empty());
+        assert_eq!(plain.spec.external_traffic_policy, TrafficPolicy::Cluster);
+        assert!(!plain.spec.has_node_ports() && !plain.spec.external_local());
+        assert!(plain.status.is_empty());
+        assert!(!plain.to_yaml().unwrap().contains("status"));
+        let local = "{ports: [{port: 80}], externalTrafficPolicy: Local";
+        let cluster_ip = service_with_spec(&format!("{local}}}")).unwrap();
+        assert!(!cluster_ip.spec.external_local(), "no way in from outside");
+        let external = service_with_spec(&format!("{local}, externalIPs: [192.0.2.1]}}")).unwrap();
+        assert!(external.spec.external_local());
+        assert!(!external.spec.wants_health_check_node_port());
+        let node_port = service_with_spec(&format!("{local}, type: NodePort}}")).unwrap();
+        assert!(node_port.spec.wants_health_check_node_port());
+        let stale = service(&LOAD_BALANCER.replace("type: LoadBalancer", "type: NodePort"));
+        assert!(
+            stale.unwrap().ingress_ips().is_empty(),
+            "status of a former LoadBalancer"
+        );
+        let empty = service_with_spec("{type: LoadBalancer, loadBalancerIP: \"\"}").unwrap();
+        assert_eq!(empty.spec.load_balancer_ip, None);
+    }
+
+    #[test]
+    fn north_south_fields_kubernetes_refuses_are_refused() {
+        for (spec, says) in [
+            (
+                "{ports: [{port: 80, nodePort: 30080}]}",
+                "a ClusterIP Service has no node ports",
+            ),
+            (
+                "{type: NodePort, ports: [{port: 80, nodePort: 30080}, {port: 81, nodePort: 30080}]}",
+                "ports[1].nodePort 30080/TCP is given twice",
+            ),
+            (
+                "{type: NodePort, ports: [{port: 80, nodePort: 0}]}",
+                "port 0 is not in",
+            ),
+            (
+                "{type: NodePort, healthCheckNodePort: 32000}",
+                "healthCheckNodePort 32000 needs",
+            ),
+            (
+                "{externalIPs: [2001:db8::1]}",
+                "externalIPs: `2001:db8::1` is not an IPv4 address",
+            ),
+            (
+                "{type: LoadBalancer, loadBalancerIP: x}",
+                "address `x` is not an IPv4 address",
+            ),
+        ] {
+            let err = invalid_message(spec);
+            assert!(err.contains(says), "{spec}: {err}");
+        }
     }
 
     #[test]

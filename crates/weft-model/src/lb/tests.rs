@@ -768,3 +768,352 @@ fn maglev_backend_ids_translate_table_indexes_to_backend_ids() {
     let lb = random_state.frontends.values().next().unwrap();
     assert_eq!(maglev_backend_ids(lb, &ids), None);
 }
+
+// North-south frontends.
+
+const VPS1: &str = "198.51.100.1";
+
+fn weft_node(name: &str, underlay: &str) -> String {
+    format!(
+        "apiVersion: weft.io/v1alpha1\nkind: WeftNode\nmetadata: {{name: {name}}}\n\
+         spec: {{podCIDR: 10.42.{}.0/24, underlayIP: {underlay}}}\n---\n",
+        underlay.rsplit('.').next().unwrap_or("9")
+    )
+}
+
+/// Service `edge` of type `kind` with ports 80/TCP (nodePort 30080) and 53/UDP (nodePort
+/// 30053), backed by one endpoint on vps1 and one on vps2; nodes vps1..3 registered.
+fn edge(kind: &str, extra: &str) -> Vec<String> {
+    vec![
+        weft_node("vps1", VPS1),
+        weft_node("vps2", "198.51.100.2"),
+        weft_node("vps3", "198.51.100.3"),
+        service(
+            "edge",
+            &format!(
+                "{{type: {kind}, clusterIP: 10.43.0.50, ports: [\
+                 {{name: http, port: 80, nodePort: 30080}}, \
+                 {{name: dns, port: 53, protocol: UDP, nodePort: 30053}}]{extra}}}"
+            ),
+        ),
+        slice(
+            "edge-1",
+            "edge",
+            "[{addresses: [10.42.1.10], nodeName: vps1}, {addresses: [10.42.2.10], nodeName: vps2}]",
+            "[{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]",
+        ),
+    ]
+}
+
+fn with_mode(mut c: ClusterConfig, mode: crate::LbMode) -> ClusterConfig {
+    c.load_balancer.mode = mode;
+    c
+}
+
+fn kinds(state: &LbState) -> Vec<(String, FrontendKind)> {
+    state
+        .frontends
+        .iter()
+        .map(|(f, lb)| (f.to_string(), lb.kind))
+        .collect()
+}
+
+#[test]
+fn a_node_port_service_has_a_frontend_on_this_nodes_address_only() {
+    let state = lb_state(&store(&edge("NodePort", "")), "vps1", &random());
+    assert_eq!(
+        kinds(&state),
+        [
+            ("10.43.0.50:53/UDP".to_string(), FrontendKind::ClusterIp),
+            ("10.43.0.50:80/TCP".to_string(), FrontendKind::ClusterIp),
+            ("198.51.100.1:30053/UDP".to_string(), FrontendKind::NodePort),
+            ("198.51.100.1:30080/TCP".to_string(), FrontendKind::NodePort),
+        ]
+    );
+    let np = &state.frontends[&frontend(VPS1, 30080, Tcp)];
+    assert_eq!(
+        keys(&np.backends_active),
+        ["10.42.1.10:8080/TCP", "10.42.2.10:8080/TCP"]
+    );
+    assert_eq!(
+        (np.dsr, np.external_local, &np.internal),
+        (false, false, &None)
+    );
+    let on_vps2 = lb_state(&store(&edge("NodePort", "")), "vps2", &random());
+    assert!(
+        on_vps2
+            .frontends
+            .contains_key(&frontend("198.51.100.2", 30080, Tcp))
+    );
+    assert!(!on_vps2.frontends.contains_key(&frontend(VPS1, 30080, Tcp)));
+    let unregistered = lb_state(&store(&edge("NodePort", "")), "vps9", &random());
+    assert!(
+        unregistered
+            .frontends
+            .values()
+            .all(|lb| lb.kind == FrontendKind::ClusterIp),
+        "a node without its WeftNode has no address to open node ports on"
+    );
+    let cluster_ip = edge("ClusterIP", "")
+        .join("")
+        .replace(", nodePort: 300", ", x: 300");
+    let state = lb_state(&store(&[cluster_ip]), "vps1", &random());
+    assert_eq!(
+        state.frontends.len(),
+        2,
+        "a ClusterIP Service has no node port"
+    );
+}
+
+#[test]
+fn load_balancer_ingress_and_external_ips_are_frontends_on_the_service_port() {
+    let docs = edge(
+        "LoadBalancer",
+        ", externalIPs: [198.51.100.1, 192.0.2.99]}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}",
+    );
+    let state = lb_state(&store(&docs), "vps1", &random());
+    let kind = |ip: &str, port: u16| state.frontends[&frontend(ip, port, Tcp)].kind;
+    assert_eq!(kind("192.0.2.10", 80), FrontendKind::LoadBalancer);
+    assert_eq!(kind("192.0.2.99", 80), FrontendKind::ExternalIp);
+    assert_eq!(
+        kind(VPS1, 80),
+        FrontendKind::ExternalIp,
+        "an externalIP may be a node address"
+    );
+    assert_eq!(kind(VPS1, 30080), FrontendKind::NodePort);
+    assert_eq!(
+        state.frontends.len(),
+        2 * 5,
+        "clusterIP, NodePort, 2 externalIPs, 1 ingress"
+    );
+    assert!(state.conflicts.is_empty());
+    let lb = &state.frontends[&frontend("192.0.2.10", 53, Udp)];
+    assert_eq!(
+        keys(&lb.backends_active),
+        ["10.42.1.10:5353/UDP", "10.42.2.10:5353/UDP"]
+    );
+}
+
+#[test]
+fn dsr_follows_the_mode_and_hybrid_is_dsr_for_tcp_only() {
+    use crate::LbMode::{Dsr, Hybrid, Snat};
+    let docs = edge("NodePort", "");
+    let dsr_of = |mode, ip: &str, port, proto| {
+        let state = lb_state(&store(&docs), "vps1", &with_mode(random(), mode));
+        state.frontends[&frontend(ip, port, proto)].dsr
+    };
+    assert!(dsr_of(Hybrid, VPS1, 30080, Tcp));
+    assert!(!dsr_of(Hybrid, VPS1, 30053, Udp));
+    assert!(dsr_of(Dsr, VPS1, 30053, Udp));
+    assert!(!dsr_of(Snat, VPS1, 30080, Tcp));
+    assert!(
+        !dsr_of(Dsr, "10.43.0.50", 80, Tcp),
+        "a clusterIP is never DSR"
+    );
+}
+
+#[test]
+fn a_frontend_claimed_by_an_external_ip_and_a_node_port_goes_to_the_first_claim() {
+    let mut docs = edge("NodePort", ", externalIPs: [198.51.100.1]");
+    docs[3] = docs[3].replace(
+        "{name: http, port: 80, nodePort: 30080}",
+        "{name: http, port: 30080, nodePort: 30080}",
+    );
+    docs.push(service(
+        "thief",
+        "{clusterIP: 10.43.0.60, externalIPs: [198.51.100.1], ports: [{port: 30053, protocol: UDP}]}",
+    ));
+    let state = lb_state(&store(&docs), "vps1", &random());
+    let conflicts: Vec<(String, String, String)> = state
+        .conflicts
+        .iter()
+        .map(|c| {
+            (
+                c.frontend.to_string(),
+                c.kept.to_string(),
+                c.dropped.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        conflicts,
+        [
+            (
+                "198.51.100.1:30080/TCP".into(),
+                "shop/edge".into(),
+                "shop/edge".into()
+            ),
+            (
+                "198.51.100.1:30053/UDP".into(),
+                "shop/edge".into(),
+                "shop/thief".into()
+            ),
+        ]
+    );
+    assert_eq!(
+        state.frontends[&frontend(VPS1, 30080, Tcp)].kind,
+        FrontendKind::NodePort
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_splits_the_scopes() {
+    let docs = edge("NodePort", ", externalTrafficPolicy: Local");
+    let state = lb_state(&store(&docs), "vps1", &random());
+    let np = &state.frontends[&frontend(VPS1, 30080, Tcp)];
+    assert!(np.external_local && !np.local_only);
+    assert_eq!(
+        keys(&np.backends_active),
+        ["10.42.1.10:8080/TCP"],
+        "this node's only"
+    );
+    let internal = np.internal.as_ref().expect("two scopes");
+    assert_eq!(
+        keys(&internal.backends_active),
+        ["10.42.1.10:8080/TCP", "10.42.2.10:8080/TCP"],
+        "traffic from pods and nodes reaches every backend"
+    );
+    assert!(!internal.local_only);
+    let cip = &state.frontends[&frontend("10.43.0.50", 80, Tcp)];
+    assert_eq!((cip.external_local, &cip.internal), (false, &None));
+    assert_eq!(
+        cip.backends_active.len(),
+        2,
+        "the clusterIP is not affected"
+    );
+
+    let without_local = lb_state(&store(&docs), "vps3", &random());
+    let np3 = &without_local.frontends[&frontend("198.51.100.3", 30080, Tcp)];
+    assert!(np3.backends_active.is_empty(), "no local backend: dropped");
+    assert_eq!(
+        np3.internal.as_ref().map(|i| i.backends_active.len()),
+        Some(2)
+    );
+}
+
+#[test]
+fn internal_traffic_policy_decides_the_internal_scope() {
+    let itp = lb_state(
+        &store(&edge("NodePort", ", internalTrafficPolicy: Local")),
+        "vps1",
+        &random(),
+    );
+    let np = &itp.frontends[&frontend(VPS1, 30080, Tcp)];
+    assert_eq!(
+        np.backends_active.len(),
+        2,
+        "eTP Cluster: every backend from outside"
+    );
+    assert!(!np.local_only && !np.external_local);
+    let internal = np.internal.as_ref().expect("policies differ");
+    assert!(internal.local_only);
+    assert_eq!(keys(&internal.backends_active), ["10.42.1.10:8080/TCP"]);
+    assert!(itp.frontends[&frontend("10.43.0.50", 80, Tcp)].local_only);
+
+    let both = lb_state(
+        &store(&edge(
+            "NodePort",
+            ", internalTrafficPolicy: Local, externalTrafficPolicy: Local",
+        )),
+        "vps1",
+        &random(),
+    );
+    let np = &both.frontends[&frontend(VPS1, 30080, Tcp)];
+    assert_eq!(np.internal, None, "both Local: one scope");
+    assert!(np.local_only && np.external_local);
+    assert_eq!(keys(&np.backends_active), ["10.42.1.10:8080/TCP"]);
+}
+
+#[test]
+fn each_scope_has_a_maglev_table_of_its_own_backends_and_its_own_id() {
+    let docs = edge(
+        "NodePort",
+        ", externalTrafficPolicy: Local, sessionAffinity: ClientIP",
+    );
+    let state = lb_state(&store(&docs), "vps1", &maglev());
+    let f = frontend(VPS1, 30080, Tcp);
+    let np = &state.frontends[&f];
+    let external = np.maglev.as_ref().expect("external table");
+    assert!(external.iter().all(|&i| i == 0), "one local backend");
+    let internal = np
+        .internal
+        .as_ref()
+        .and_then(|i| i.maglev.as_ref())
+        .expect("internal");
+    assert_eq!(internal.len(), M);
+    assert!(internal.contains(&0) && internal.contains(&1));
+    let ids = assign_ids(&state, &LbIds::default()).unwrap();
+    let (ext_id, int_id) = (ids.services[&f], ids.internal[&f]);
+    assert_ne!(ext_id, int_id);
+    let all: BTreeSet<u16> = ids.service_ids().into_values().collect();
+    assert_eq!(
+        all.len(),
+        ids.services.len() + ids.internal.len(),
+        "one id space"
+    );
+    let timeouts = state.affinity_timeouts(&ids);
+    assert_eq!(
+        (timeouts.get(&ext_id), timeouts.get(&int_id)),
+        (Some(&10_800), Some(&10_800))
+    );
+    // Rebuilt from scratch each scope is the same; with `previous` both are reused.
+    let again = lb_state_reusing(&store(&docs), "vps1", &maglev(), &state);
+    assert_eq!(again, state);
+    assert!(lb_changes(&state, &again).is_empty());
+    // Dropping the policy: the internal scope and its id go.
+    let cluster = lb_state(&store(&edge("NodePort", "")), "vps1", &maglev());
+    let changes = lb_changes(&state, &cluster);
+    assert!(changes.frontends_changed.contains(&f) && changes.maglev_rebuild.contains(&f));
+    let new_ids = assign_ids(&cluster, &ids).unwrap();
+    assert_eq!(new_ids.services[&f], ext_id);
+    assert!(new_ids.internal.is_empty());
+    assert!(
+        crate::lb_maps::freed_ids(&ids, &new_ids)
+            .services
+            .contains(&int_id)
+    );
+}
+
+#[test]
+fn an_internal_scope_backend_is_a_backend_of_the_state() {
+    let docs = edge("NodePort", ", externalTrafficPolicy: Local");
+    let state = lb_state(&store(&docs), "vps3", &random());
+    let backends = state.backends();
+    assert!(backends.contains_key(&key("10.42.2.10", 8080, Tcp)));
+    assert!(backends.contains_key(&key("10.42.1.10", 5353, Udp)));
+}
+
+#[test]
+fn health_check_node_ports_count_this_nodes_ready_endpoints() {
+    let mut docs = edge(
+        "LoadBalancer",
+        ", externalTrafficPolicy: Local, healthCheckNodePort: 32000",
+    );
+    docs.push(slice(
+        "edge-2",
+        "edge",
+        "[{addresses: [10.42.1.11], nodeName: vps1, conditions: {ready: false}}, \
+          {addresses: [10.42.1.10], nodeName: vps1}]",
+        "[{name: http, port: 8080}]",
+    ));
+    let count = |node: &str| {
+        let state = lb_state(&store(&docs), node, &random());
+        state
+            .health_checks
+            .iter()
+            .map(|h| (h.port, h.service.to_string(), h.local_endpoints))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        count("vps1"),
+        [(32000, "shop/edge".to_string(), 1)],
+        "not ready: not counted; twice: once"
+    );
+    assert_eq!(count("vps3"), [(32000, "shop/edge".to_string(), 0)]);
+    let cluster = edge("LoadBalancer", "");
+    assert!(
+        lb_state(&store(&cluster), "vps1", &random())
+            .health_checks
+            .is_empty()
+    );
+}
