@@ -35,6 +35,7 @@ use crate::{
     claim::claim_node_cidr,
     files::{read_if_present, remove_if_present, write_atomically},
     gc::{self, GcReport, GcSchedule},
+    health::{HealthCheck, HealthServer},
     log,
     net::{NetInfo, format_mac, parse_mac},
     services::{ServiceMaps, ServiceReport},
@@ -77,6 +78,7 @@ pub struct Agent<D: Datapath> {
     ipam: PodIpam<Attachment>,
     endpoints: BTreeMap<Attachment, EndpointState>,
     services: ServiceMaps,
+    health: HealthServer,
     gc: GcSchedule,
     ready: bool,
 }
@@ -171,6 +173,7 @@ impl<D: Datapath> Agent<D> {
             ipam,
             endpoints,
             services: ServiceMaps::default(),
+            health: HealthServer::on(underlay_ip),
             gc: GcSchedule::starting(Instant::now()),
             ready: false,
         };
@@ -720,6 +723,7 @@ impl<D: Datapath> Agent<D> {
             report.errors.push(format!("attachments: {e:#}"));
         }
         self.reconcile_services(&mut report);
+        self.reconcile_health_checks(&mut report);
         let (site, socket_lb) = (&self.settings.socket_lb, &self.settings.cluster.socket_lb);
         if let Err(e) =
             crate::socket_lb::reconcile(&mut self.datapath, site, socket_lb, &mut report)
@@ -779,6 +783,30 @@ impl<D: Datapath> Agent<D> {
             }
             Err(e) => report.errors.push(format!("services: {e:#}")),
         }
+    }
+
+    /// The `healthCheckNodePort`s of this node's `externalTrafficPolicy: Local` services.
+    fn reconcile_health_checks(&mut self, report: &mut ReconcileReport) {
+        let wanted = self
+            .services
+            .state()
+            .health_checks
+            .iter()
+            .map(|h| {
+                let check = HealthCheck {
+                    namespace: h.service.namespace.clone(),
+                    name: h.service.name.clone(),
+                    local_endpoints: h.local_endpoints,
+                };
+                (h.port, check)
+            })
+            .collect();
+        report.errors.extend(self.health.reconcile(&wanted));
+    }
+
+    /// Answers the health-check connections waiting now; returns how many.
+    pub fn serve_health_checks(&self) -> usize {
+        self.health.serve_pending()
     }
 
     fn reconcile_endpoints(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {

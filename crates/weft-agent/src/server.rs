@@ -97,7 +97,7 @@ pub fn run<D: Datapath>(
     let mut last_poll = Instant::now();
     let mut last_reconcile = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let served = socket.serve_pending(agent);
+        let served = socket.serve_pending(agent) + agent.serve_health_checks();
         if last_poll.elapsed() >= POLL_INTERVAL {
             last_poll = Instant::now();
             match source.poll() {

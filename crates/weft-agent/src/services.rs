@@ -59,15 +59,9 @@ impl ServiceMaps {
         &self.ids
     }
 
-    /// The affinity timeout of every service id that has session affinity.
+    /// The affinity timeout of every service id (of either scope) that has session affinity.
     pub fn affinity_timeouts(&self) -> BTreeMap<u16, u32> {
-        self.state
-            .frontends
-            .iter()
-            .filter_map(|(frontend, lb)| {
-                Some((*self.ids.services.get(frontend)?, lb.affinity_timeout?))
-            })
-            .collect()
+        self.state.affinity_timeouts(&self.ids)
     }
 
     /// Brings the maps to the state of `store` for `node`. On error the maps may be half-way;

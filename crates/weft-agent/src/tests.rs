@@ -666,3 +666,69 @@ fn a_conntrack_gc_request_runs_a_pass_now() {
     let left: Vec<u16> = agent.datapath().ct.keys().map(|k| k.sport).collect();
     assert_eq!(left, [2]);
 }
+
+#[test]
+fn an_external_local_service_gets_its_health_check_port_answered() {
+    let dirs = dirs();
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut agent = Agent::start(
+        Settings {
+            underlay_ip: Some(Ipv4Addr::LOCALHOST),
+            ..settings(&dirs, "vps1")
+        },
+        fake_datapath(),
+        Box::new(fake_net()),
+        Store::default(),
+    )
+    .unwrap();
+    let manifests = format!(
+        "apiVersion: weft.io/v1alpha1
+kind: WeftNode
+metadata: {{name: vps1}}
+spec: {{podCIDR: 10.42.0.0/24, underlayIP: 127.0.0.1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.43.0.9
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {port}
+  ports:
+  - {{port: 80, nodePort: 30080, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{port: 8080, protocol: TCP}}
+endpoints:
+- addresses: [10.42.0.10]
+  nodeName: vps1
+  conditions: {{ready: true}}
+"
+    );
+    let store = Store::from_manifests([("all.yaml", manifests.as_str())]).unwrap();
+    let report = agent.update_store(store);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    use std::io::{Read as _, Write as _};
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.serve_health_checks() == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("\"localEndpoints\":1"), "{text}");
+}

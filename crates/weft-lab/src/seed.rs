@@ -226,7 +226,7 @@ mod tests {
     use crate::{LabSpec, plan};
 
     #[test]
-    fn the_seed_objects_parse() {
+    fn the_seed_objects_parse_and_its_values_are_a_valid_config() {
         let lab = plan(&LabSpec::with_size("seedt", 3, 0)).unwrap();
         let (backend, nodes) = seed_nodes(&lab).unwrap();
         let text = manifests(Path::new("/bin/weft-netbench"), backend, &nodes);
@@ -234,5 +234,10 @@ mod tests {
         assert_eq!(objects.len(), 2);
         assert!(text.contains("externalIPs: [198.51.100.1, 198.51.100.2, 198.51.100.3]"));
         assert!(text.contains("nodeName: vps1"));
+        let config = weft_model::ClusterConfig::from_yaml(SEED_VALUES).unwrap();
+        assert_eq!(
+            config.load_balancer.acceleration,
+            weft_model::Acceleration::Native
+        );
     }
 }
