@@ -360,6 +360,7 @@ impl<D: Datapath> Agent<D> {
             endpoints: self.registered().count(),
             attached,
             ready: self.ready,
+            north_south: self.settings.cluster.load_balancer.north_south_summary(),
         }
     }
 

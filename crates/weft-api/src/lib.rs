@@ -114,6 +114,9 @@ pub struct AgentStatus {
     pub attached: Vec<String>,
     /// True once the agent has programmed the node (maps written, external device attached).
     pub ready: bool,
+    /// How north-south traffic is forwarded (`loadBalancer.mode`) and how DSR is carried.
+    #[serde(default)]
+    pub north_south: String,
 }
 
 /// What the pod's interface is to be configured with.

@@ -125,6 +125,7 @@ pub fn status_lines(s: &AgentStatus) -> String {
         ("MTU:", s.mtu.to_string()),
         ("Endpoints:", s.endpoints.to_string()),
         ("Datapath:", format!("programs attached: {attached}")),
+        ("Services:", s.north_south.clone()),
     ]
     .iter()
     .map(|(k, v)| format!("  {k:<12}{v}\n"))
@@ -147,6 +148,7 @@ mod tests {
             endpoints: 2,
             attached: vec!["from-netdev@eth0".into(), "from-container@lxc1".into()],
             ready,
+            north_south: "SNAT: replies return through the node that received the request".into(),
         }
     }
 
@@ -155,6 +157,7 @@ mod tests {
         let h = health_of("vps1", Path::new("/s"), Ok(Response::Status(status(true))));
         assert!(h.healthy());
         let text = health_text(&h);
+        assert!(text.contains("\n  Services:   SNAT: replies return"), "{text}");
         assert!(
             text.starts_with("Node vps1:\n  Agent:      Ok (ready)\n"),
             "{text}"

@@ -291,6 +291,7 @@ fn answer(request: Request, refuse_register: bool) -> Response {
             endpoints: 0,
             attached: vec![],
             ready: true,
+            north_south: String::new(),
         }),
         Request::ConntrackGc => Response::Error(ApiFailure {
             code: 999,

@@ -189,6 +189,39 @@ pub struct LoadBalancerConfig {
     pub dsr_dispatch: DsrDispatch,
 }
 
+impl LoadBalancerConfig {
+    /// How north-south traffic reaches a backend on another node, in words, for `weft status`.
+    /// Every flow between nodes rides the Geneve tunnel (the only routing mode), so DSR's
+    /// service address is carried in a Geneve option whatever `dsrDispatch` says: `opt` and
+    /// `ipip` name how it would travel with native routing.
+    pub fn north_south_summary(&self) -> String {
+        let carrier = match self.dsr_dispatch {
+            DsrDispatch::Geneve => {
+                "in a Geneve option (class 0x014B), as dsrDispatch asks".to_string()
+            }
+            other => format!(
+                "in a Geneve option (class 0x014B): routing is tunnel, so dsrDispatch {} \
+                 (for native routing) does not apply",
+                match other {
+                    DsrDispatch::Opt => "opt",
+                    _ => "ipip",
+                }
+            ),
+        };
+        match self.mode {
+            LbMode::Snat => {
+                "SNAT: replies return through the node that received the request".into()
+            }
+            LbMode::Dsr => format!(
+                "DSR: the backend's node replies itself; the service address travels {carrier}"
+            ),
+            LbMode::Hybrid => {
+                format!("hybrid: DSR for TCP (the service address travels {carrier}), SNAT for UDP")
+            }
+        }
+    }
+}
+
 /// How north-south flows reach a backend on another node (`loadBalancer.mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -405,6 +438,29 @@ impl Default for IpamOperatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_north_south_summary_says_how_dsr_is_carried() {
+        let seed =
+            ClusterConfig::from_yaml("loadBalancer: {mode: dsr, dsrDispatch: opt}\n").unwrap();
+        let text = seed.load_balancer.north_south_summary();
+        assert!(text.starts_with("DSR"), "{text}");
+        assert!(
+            text.contains("Geneve option") && text.contains("dsrDispatch opt"),
+            "{text}"
+        );
+        let snat = ClusterConfig::default().load_balancer.north_south_summary();
+        assert!(snat.starts_with("SNAT"), "{snat}");
+        let hybrid =
+            ClusterConfig::from_yaml("loadBalancer: {mode: hybrid, dsrDispatch: geneve}\n")
+                .unwrap()
+                .load_balancer
+                .north_south_summary();
+        assert!(
+            hybrid.starts_with("hybrid: DSR for TCP") && hybrid.contains("as dsrDispatch asks"),
+            "{hybrid}"
+        );
+    }
 
     #[test]
     fn empty_values_give_the_k3s_defaults() {

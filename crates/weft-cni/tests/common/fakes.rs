@@ -403,6 +403,7 @@ impl FakeAgent {
                 Vec::new()
             },
             ready: self.ready,
+            north_south: String::new(),
         }
     }
 }
