@@ -1,6 +1,7 @@
 //! `weft lab ...`
 
 mod apply;
+mod seed;
 
 use std::{
     path::{Path, PathBuf},
@@ -25,6 +26,13 @@ pub struct LabName {
     /// The lab's name: the prefix of everything it creates, so several labs can coexist.
     #[arg(long, default_value = "weft")]
     pub name: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Scenario {
+    /// The seed's Part 9: client IP preserved through DSR over Geneve, reply from the
+    /// backend's node.
+    Seed,
 }
 
 #[derive(Subcommand)]
@@ -65,10 +73,17 @@ pub enum LabCommand {
         #[command(flatten)]
         lab: LabName,
     },
-    /// Run real traffic through the datapath and report what it did.
+    /// Run real traffic through the datapath and report what it did. `weft lab test` drives
+    /// the hand-wired pods of a lab; `weft lab test seed` brings up a lab of its own with the
+    /// seed's values and checks the seed's north-south flow (client IP kept through DSR, the
+    /// reply straight from the backend's node), then takes it down.
     Test {
         #[command(flatten)]
         lab: LabName,
+        scenario: Option<Scenario>,
+        /// Leave the seed's lab up afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// Run a command in a node (`vps1`) or pod (`vps1/pod1`) namespace, in the node's cgroup.
     Exec {
@@ -102,7 +117,12 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             print_status(&weft_lab::load(&lab.name)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Test { lab } => {
+        LabCommand::Test {
+            lab,
+            scenario: Some(Scenario::Seed),
+            keep,
+        } => seed::run(&lab.name, keep),
+        LabCommand::Test { lab, .. } => {
             let topology = weft_lab::load(&lab.name)?;
             require_hand_wired(&topology)?;
             self_test(&topology)

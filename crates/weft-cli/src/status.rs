@@ -157,7 +157,10 @@ mod tests {
         let h = health_of("vps1", Path::new("/s"), Ok(Response::Status(status(true))));
         assert!(h.healthy());
         let text = health_text(&h);
-        assert!(text.contains("\n  Services:   SNAT: replies return"), "{text}");
+        assert!(
+            text.contains("\n  Services:   SNAT: replies return"),
+            "{text}"
+        );
         assert!(
             text.starts_with("Node vps1:\n  Agent:      Ok (ready)\n"),
             "{text}"
