@@ -240,6 +240,15 @@ mod tests {
     }
 
     #[test]
+    fn north_south_and_loopback_marks_survive_the_state_machine() {
+        let marks = CT_FLAG_NORTH_SOUTH | CT_FLAG_LOOPBACK;
+        for (tcp_flags, dir) in [(SYN_ACK, R), (ACK, F), (FIN_ACK, F), (RST, R)] {
+            assert_eq!(ct_update(marks, true, tcp_flags, dir).flags & marks, marks);
+        }
+        assert_eq!(ct_update(marks, false, 0, F).flags, marks);
+    }
+
+    #[test]
     fn non_tcp_flows_get_the_non_tcp_lifetime_and_keep_their_flags() {
         let up = ct_update(CT_FLAG_FROM_SOCKET, false, 0, R);
         assert_eq!(up.lifetime_s, CT_LIFETIME_NON_TCP_S);

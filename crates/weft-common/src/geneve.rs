@@ -83,3 +83,27 @@ pub const GENEVE_DSR_ENCAP_LEN: usize = GENEVE_ENCAP_LEN + GENEVE_OPT_DSR_LEN;
 
 const _: () = assert!(core::mem::size_of::<GeneveOptDsr>() == GENEVE_OPT_DSR_LEN);
 const _: () = assert!(GENEVE_DSR_ENCAP_LEN == 70);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dsr_option_is_class_0x014b_type_2_two_words_address_port_padding() {
+        let opt = GeneveOptDsr::new([198, 51, 100, 1], 30080);
+        assert_eq!(
+            opt.to_bytes(),
+            [0x01, 0x4b, 0x02, 0x02, 198, 51, 100, 1, 0x75, 0x80, 0, 0]
+        );
+        assert!(GeneveOptDsr::is_dsr(opt.class, opt.kind, opt.len));
+        assert!(!GeneveOptDsr::is_dsr(
+            opt.class,
+            GENEVE_OPT_TYPE_IDENTITY,
+            opt.len
+        ));
+        assert!(
+            !GeneveOptDsr::is_dsr(opt.class, opt.kind, 1),
+            "wrong length"
+        );
+    }
+}

@@ -28,7 +28,9 @@ use weft_common::{
     nat::{NAT_DIR_EGRESS, NAT_DIR_INGRESS},
     net::{IPPROTO_TCP, IPPROTO_UDP, TC_ACT_OK, TC_ACT_SHOT},
     node::NODE_MASQUERADE_FLAG,
-    programs::{FROM_CONTAINER, FROM_NETDEV, TO_CONTAINER, TO_NETDEV},
+    programs::{
+        FROM_CONTAINER, FROM_NETDEV, SOCK_CONNECT4, SOCK_SENDMSG4, TO_CONTAINER, TO_NETDEV,
+    },
 };
 use weft_datapath::{
     running_as_root,
@@ -623,6 +625,56 @@ fn dsr_to_a_remote_backend_carries_the_frontend_option_on_the_syn_only() {
 }
 
 #[test]
+fn dsr_over_udp_carries_the_option_on_the_flows_first_datagram_only() {
+    if !running_as_root("dsr_over_udp_carries_the_option_on_the_flows_first_datagram_only") {
+        return;
+    }
+    let mut h = configured_node();
+    let key = |slot| Lb4Key {
+        proto: IPPROTO_UDP,
+        ..frontend_key(NODE_IP, NODE_PORT, LB_SCOPE_EXTERNAL, slot)
+    };
+    let svc = Lb4Service {
+        count: 1,
+        rev_nat_index: SERVICE_ID,
+        flags: SVC_FLAG_NODEPORT | SVC_FLAG_DSR,
+        ..Lb4Service::default()
+    };
+    h.lb.put_service(key(0), svc).expect("service");
+    let slot = Lb4Service {
+        backend_id: REMOTE_BACKEND,
+        ..Lb4Service::default()
+    };
+    h.lb.put_service(key(1), slot).expect("slot");
+    let datagram = PacketBuilder::new()
+        .eth(ROUTER_MAC, UNDERLAY_MAC)
+        .ipv4(CLIENT, NODE_IP)
+        .udp(CLIENT_PORT, NODE_PORT)
+        .payload(b"query")
+        .build();
+    let inner = PacketBuilder::new()
+        .eth(ROUTER_MAC, UNDERLAY_MAC)
+        .ipv4(CLIENT, REMOTE_POD)
+        .ttl(63)
+        .udp(CLIENT_PORT, TARGET_PORT)
+        .payload(b"query")
+        .build();
+    for (n, dsr) in [(1, Some((NODE_IP, NODE_PORT))), (2, None)] {
+        let (verdict, out) = run(&mut h, FROM_NETDEV, &datagram);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let want = geneve_frame(
+            (ROUTER_MAC, UNDERLAY_MAC),
+            NODE_IP,
+            PEER_NODE_IP,
+            tunnel_sport(&out),
+            &geneve_options(identity::WORLD, dsr),
+            &inner,
+        );
+        assert_eq!(out, want, "datagram {n}");
+    }
+}
+
+#[test]
 fn dsr_on_the_backend_node_records_the_flow_and_the_reply_leaves_from_the_frontend() {
     if !running_as_root(
         "dsr_on_the_backend_node_records_the_flow_and_the_reply_leaves_from_the_frontend",
@@ -947,7 +999,14 @@ fn verifier_stats_of_the_hook_programs() {
         return;
     }
     let h = TestHarness::load().expect("loads");
-    for program in [FROM_CONTAINER, TO_CONTAINER, FROM_NETDEV, TO_NETDEV] {
+    for program in [
+        FROM_CONTAINER,
+        TO_CONTAINER,
+        FROM_NETDEV,
+        TO_NETDEV,
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+    ] {
         let (verified, insns) = h.verifier_stats(program).expect("stats");
         eprintln!("{program}: {verified} instructions verified, {insns} instructions");
         assert!(verified < 1_000_000, "{program} near the verifier's limit");
