@@ -18,13 +18,18 @@ pub struct CtKey4 {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// [`CT_KIND_SERVICE`] or [`CT_KIND_REPLY`].
+    /// [`CT_KIND_SERVICE`], [`CT_KIND_REPLY`] or [`CT_KIND_DSR`].
     pub kind: u8,
     pub _pad: [u8; 2],
 }
 
 pub const CT_KIND_SERVICE: u8 = 0;
 pub const CT_KIND_REPLY: u8 = 1;
+/// The backend node's record of a DSR flow another node balanced to one of its pods, keyed by
+/// the tuple the backend replies with (backend -> client); `nat_address`/`nat_port` hold the
+/// frontend the reply leaves from. Written from the Geneve DSR option, refreshed by the flow's
+/// packets both ways; it has no service id or backend id (`rev_nat_index`, `backend_id` 0).
+pub const CT_KIND_DSR: u8 = 2;
 
 /// Value of `weft_ct4`.
 #[repr(C)]
@@ -41,6 +46,12 @@ pub struct CtEntry4 {
     pub packets_forward: u32,
     /// Packets backend -> client.
     pub packets_reply: u32,
+    /// The frontend the flow's replies take as source (network order), recorded when the flow
+    /// is opened; all zero in entries written before it existed: then the frontend of
+    /// `rev_nat_index` in `weft_lb4_revnat`.
+    pub nat_address: [u8; 4],
+    pub nat_port: u16,
+    pub _pad: u16,
 }
 
 /// A packet other than a bare SYN was seen: the TCP handshake got past its first step.
@@ -53,6 +64,13 @@ pub const CT_FLAG_REPLY_CLOSING: u16 = 1 << 2;
 pub const CT_FLAG_RESET: u16 = 1 << 3;
 /// The flow was translated at the socket (connect4/sendmsg4): tc leaves it alone.
 pub const CT_FLAG_FROM_SOCKET: u16 = 1 << 4;
+/// The flow came in from outside the cluster through this node's external device (NodePort,
+/// externalIPs, LoadBalancer): its replies leave through that device.
+pub const CT_FLAG_NORTH_SOUTH: u16 = 1 << 5;
+/// Hairpin: the client was given itself as backend. Its packets reach it from the loopback
+/// address ([`crate::lb::LB_LOOPBACK_ADDR`]), which the reply entry's key holds as the
+/// destination; the reply goes back to the client's own address.
+pub const CT_FLAG_LOOPBACK: u16 = 1 << 6;
 
 /// Lifetimes (Cilium's defaults, design §3).
 pub const CT_LIFETIME_TCP_SYN_S: u32 = 60;
@@ -146,7 +164,7 @@ pub const fn ct_alive(entry: &CtEntry4, now_s: u32) -> bool {
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey4>() == 16);
-const _: () = assert!(core::mem::size_of::<CtEntry4>() == 24);
+const _: () = assert!(core::mem::size_of::<CtEntry4>() == 32);
 
 #[cfg(test)]
 mod tests {
@@ -219,6 +237,15 @@ mod tests {
         assert_eq!(closed.lifetime_s, CT_LIFETIME_TCP_SYN_S);
         let retransmitted_syn = ct_update(0, true, SYN, F);
         assert!(!retransmitted_syn.reopens);
+    }
+
+    #[test]
+    fn north_south_and_loopback_marks_survive_the_state_machine() {
+        let marks = CT_FLAG_NORTH_SOUTH | CT_FLAG_LOOPBACK;
+        for (tcp_flags, dir) in [(SYN_ACK, R), (ACK, F), (FIN_ACK, F), (RST, R)] {
+            assert_eq!(ct_update(marks, true, tcp_flags, dir).flags & marks, marks);
+        }
+        assert_eq!(ct_update(marks, false, 0, F).flags, marks);
     }
 
     #[test]

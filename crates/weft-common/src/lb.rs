@@ -73,6 +73,11 @@ pub const fn is_north_south(flags: u16) -> bool {
     flags & (SVC_FLAG_NODEPORT | SVC_FLAG_EXTERNAL_IP | SVC_FLAG_LOADBALANCER) != 0
 }
 
+/// The source a pod sees on a flow it opened to a service that gave it itself as backend
+/// (hairpin): a pod drops packets from its own address arriving on its interface. Cilium's
+/// `IPV4_LOOPBACK`, link-local, never a pod's or node's address.
+pub const LB_LOOPBACK_ADDR: [u8; 4] = [169, 254, 42, 1];
+
 pub const LB_ALG_RANDOM: u8 = 0;
 pub const LB_ALG_MAGLEV: u8 = 1;
 

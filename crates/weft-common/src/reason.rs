@@ -54,6 +54,8 @@ reasons! {
     NoServiceBackend = 20 => "no service backend",
     ConntrackFailed = 21 => "conntrack update failed",
     BackendMissing = 22 => "service backend missing",
+    NoLocalBackend = 23 => "no local service backend",
+    BackendUnreachable = 24 => "service backend unreachable",
 }
 
 impl Reason {
@@ -70,4 +72,4 @@ impl Reason {
     }
 }
 
-const _: () = assert!((Reason::RedirectFailed as u32) < Reason::SLOTS);
+const _: () = assert!((Reason::BackendUnreachable as u32) < Reason::SLOTS);

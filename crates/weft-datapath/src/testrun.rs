@@ -49,6 +49,20 @@ impl TestHarness {
         Ok(TestHarness { ebpf, maps, lb })
     }
 
+    /// What the verifier reports of a loaded program: the instructions it processed
+    /// (`verified_insns`) and the size of the translated program in instructions.
+    pub fn verifier_stats(&self, program: &str) -> anyhow::Result<(u32, u32)> {
+        let info = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| anyhow!("no program {program}"))?
+            .info()
+            .with_context(|| format!("info of {program}"))?;
+        let verified = info.verified_instruction_count().unwrap_or(0);
+        let insns = info.size_translated().unwrap_or(0) / 8;
+        Ok((verified, insns))
+    }
+
     /// Runs `program` once on `packet`.
     pub fn run(&mut self, program: &str, packet: &[u8]) -> anyhow::Result<RunOutcome> {
         self.run_timed(program, packet).map(|(outcome, _)| outcome)

@@ -6,12 +6,13 @@
 use aya_ebpf::programs::TcContext;
 use weft_common::{
     Hook, NodeConfig, Reason,
+    ct::CT_FLAG_NORTH_SOUTH,
     ipcache::identity,
     net::{ETH_P_ARP, ETH_P_IP, TC_ACT_OK},
 };
 
 use crate::{
-    arp, geneve, lb, lookup, observe,
+    arp, dsr, geneve, lb, lookup, nodeport, observe,
     parse::{self, Headers},
     reject, skb,
     verdict::{StageResult, Verdict, settle},
@@ -48,8 +49,10 @@ pub fn to_container(ctx: &TcContext) -> i32 {
 /// Replies of load-balanced flows the stack delivers get their frontend back.
 #[inline(always)]
 fn reverse_nat(ctx: &TcContext, h: &mut Headers) -> StageResult {
-    if lookup::node().is_some() && h.is_ipv4() {
-        lb::reverse_to_client(ctx, h)?;
+    if let Some(node) = lookup::node()
+        && h.is_ipv4()
+    {
+        lb::reverse_to_client(ctx, h, &node)?;
     }
     Ok(Verdict::pass())
 }
@@ -68,7 +71,9 @@ fn route(ctx: &TcContext, h: &mut Headers) -> StageResult {
 }
 
 /// A pod's IPv4 packet: to a service it goes to the flow's backend; a reply of a flow this node
-/// balanced gets its frontend back; then it is routed by its (new) destination.
+/// balanced gets its frontend back (a north-south one then leaves through the external
+/// device); then it is routed by its (new) destination. Outside the cluster, a reply of a DSR
+/// flow leaves from the frontend; the rest goes to the stack (masquerade, see `netdev`).
 #[inline(always)]
 fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     let src = lookup::source_endpoint(ctx, h.src_v4(), h.src_mac)?;
@@ -81,8 +86,14 @@ fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
             }
             other => other?,
         }
-    } else if !lb::reverse_to_client(ctx, h)? {
-        lb::forget_reply_of_direct_syn(h);
+    } else {
+        match lb::reverse_to_client(ctx, h, node)? {
+            Some(flags) if flags & CT_FLAG_NORTH_SOUTH != 0 => {
+                return Ok(nodeport::leave(ctx, h, node)?.with_identity(identity));
+            }
+            Some(_) => {}
+            None => lb::forget_reply_of_direct_syn(h),
+        }
     }
     if let Some(dst) = lookup::endpoint(h.dst_v4()) {
         skb::decrement_ttl(ctx, h.ttl)?;
@@ -92,6 +103,9 @@ fn ipv4(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
         skb::decrement_ttl(ctx, h.ttl)?;
         geneve::encap(ctx, node, tunnel_endpoint, identity)?;
         return Ok(skb::redirect_neigh(node.external_ifindex).with_identity(identity));
+    }
+    if let Some(replied) = dsr::reply(ctx, h, node)? {
+        return Ok(replied.with_identity(identity));
     }
     Ok(Verdict::pass().with_identity(identity))
 }

@@ -76,17 +76,17 @@ pub fn apply(entry: *mut CtEntry4, up: &CtUpdate, now: u32, direction: CtDirecti
     }
 }
 
-/// Opens a flow: the service entry under `service`, the reply entry under `reply`.
+/// A new flow's entry: state after its first packet (`up`), its backend, its service and the
+/// frontend its replies come from.
 #[inline(always)]
-pub fn open(
-    service: &CtKey4,
-    reply: &CtKey4,
+pub fn entry(
     backend_id: u32,
     rev_nat_index: u16,
+    frontend: ([u8; 4], u16),
     up: &CtUpdate,
     now: u32,
-) -> Result<(), Reason> {
-    let entry = CtEntry4 {
+) -> CtEntry4 {
+    CtEntry4 {
         expires_s: now.saturating_add(up.lifetime_s),
         created_s: now,
         backend_id,
@@ -94,9 +94,15 @@ pub fn open(
         flags: up.flags,
         packets_forward: 1,
         packets_reply: 0,
-    };
-    CT4.insert(reply, entry, BPF_ANY as u64)
-        .map_err(|_| Reason::ConntrackFailed)?;
-    CT4.insert(service, entry, BPF_ANY as u64)
+        nat_address: frontend.0,
+        nat_port: frontend.1,
+        _pad: 0,
+    }
+}
+
+/// Writes `entry` under `key`.
+#[inline(always)]
+pub fn put(key: &CtKey4, entry: &CtEntry4) -> Result<(), Reason> {
+    CT4.insert(key, entry, BPF_ANY as u64)
         .map_err(|_| Reason::ConntrackFailed)
 }

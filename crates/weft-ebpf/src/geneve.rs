@@ -1,6 +1,8 @@
 //! Geneve encapsulation and decapsulation, written by the program: there is no kernel Geneve
 //! device on these nodes. Layout (RFC 8926): outer IPv4, UDP to 6081, Geneve header with one
 //! VNI, one option (class 0x014B) carrying the sender's security identity, inner Ethernet.
+//! The packets that open a DSR flow carry a second option, the frontend the client addressed
+//! (`weft_common::geneve::GeneveOptDsr`), which the backend's node records in conntrack.
 
 use aya_ebpf::{
     bindings::{
@@ -13,8 +15,9 @@ use aya_ebpf::{
 use weft_common::{
     NodeConfig, Reason,
     geneve::{
-        ETH_P_TEB, GENEVE_ENCAP_LEN, GENEVE_HLEN, GENEVE_OPT_CLASS, GENEVE_OPT_IDENTITY_LEN,
-        GENEVE_OPT_TYPE_IDENTITY, GENEVE_PORT,
+        ETH_P_TEB, GENEVE_DSR_ENCAP_LEN, GENEVE_ENCAP_LEN, GENEVE_HLEN, GENEVE_OPT_CLASS,
+        GENEVE_OPT_DSR_LEN, GENEVE_OPT_IDENTITY_LEN, GENEVE_OPT_TYPE_IDENTITY, GENEVE_PORT,
+        GeneveOptDsr,
     },
     net::{ETH_HLEN, IPPROTO_UDP, IPV4_MIN_HLEN, UDP_HLEN},
 };
@@ -55,18 +58,35 @@ struct IdentityOpt {
     identity: [u8; 4],
 }
 
-/// Everything written into the room `bpf_skb_adjust_room` makes after the outer MAC header.
+/// The outer headers up to and including the identity option.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct EncapHdr {
+struct TunnelHdr {
     ip: Ipv4Hdr,
     udp: UdpHdr,
     geneve: GeneveHdr,
     opt: IdentityOpt,
+}
+
+/// Everything written into the room `bpf_skb_adjust_room` makes after the outer MAC header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EncapHdr {
+    tunnel: TunnelHdr,
+    inner_eth: EthHdr,
+}
+
+/// The same with the DSR option after the identity option.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EncapDsrHdr {
+    tunnel: TunnelHdr,
+    dsr: GeneveOptDsr,
     inner_eth: EthHdr,
 }
 
 const _: () = assert!(core::mem::size_of::<EncapHdr>() == GENEVE_ENCAP_LEN);
+const _: () = assert!(core::mem::size_of::<EncapDsrHdr>() == GENEVE_DSR_ENCAP_LEN);
 const _: () = assert!(core::mem::size_of::<IdentityOpt>() == GENEVE_OPT_IDENTITY_LEN);
 
 const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
@@ -85,28 +105,69 @@ pub fn encap(
     tunnel_endpoint: [u8; 4],
     identity: u32,
 ) -> Result<(), Reason> {
+    let (inner_eth, frame_len, hash) = frame(ctx)?;
+    ctx.adjust_room(GENEVE_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .map_err(|_| Reason::EncapFailed)?;
+    let hdr = EncapHdr {
+        tunnel: tunnel_header(node, tunnel_endpoint, identity, 0, frame_len, hash),
+        inner_eth,
+    };
+    skb::store(ctx, ETH_HLEN, &hdr, Reason::EncapFailed)
+}
+
+/// [`encap`] with the DSR option naming `frontend` (address, port in host order).
+#[inline(always)]
+pub fn encap_dsr(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    tunnel_endpoint: [u8; 4],
+    identity: u32,
+    frontend: ([u8; 4], u16),
+) -> Result<(), Reason> {
+    let (inner_eth, frame_len, hash) = frame(ctx)?;
+    ctx.adjust_room(GENEVE_DSR_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .map_err(|_| Reason::EncapFailed)?;
+    let hdr = EncapDsrHdr {
+        tunnel: tunnel_header(
+            node,
+            tunnel_endpoint,
+            identity,
+            GENEVE_OPT_DSR_LEN,
+            frame_len,
+            hash,
+        ),
+        dsr: GeneveOptDsr::new(frontend.0, frontend.1),
+        inner_eth,
+    };
+    skb::store(ctx, ETH_HLEN, &hdr, Reason::EncapFailed)
+}
+
+/// What the encapsulation needs of the frame before it grows: its Ethernet header, its length
+/// and its flow hash.
+#[inline(always)]
+fn frame(ctx: &TcContext) -> Result<(EthHdr, usize, u32), Reason> {
     let inner_eth: EthHdr = Packet::load(ctx, 0).ok_or(Reason::MalformedEthernet)?;
     let frame_len = Packet::len(ctx) as usize;
     // SAFETY: helper on the live skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    ctx.adjust_room(GENEVE_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
-        .map_err(|_| Reason::EncapFailed)?;
-    let hdr = encap_header(node, tunnel_endpoint, identity, inner_eth, frame_len, hash);
-    skb::store(ctx, ETH_HLEN, &hdr, Reason::EncapFailed)
+    Ok((inner_eth, frame_len, hash))
 }
 
+/// The outer headers of a frame of `frame_len` bytes with `extra_opts` bytes of options after
+/// the identity option.
 #[inline(always)]
-fn encap_header(
+fn tunnel_header(
     node: &NodeConfig,
     tunnel_endpoint: [u8; 4],
     identity: u32,
-    inner_eth: EthHdr,
+    extra_opts: usize,
     frame_len: usize,
     hash: u32,
-) -> EncapHdr {
-    let udp_len = (UDP_HLEN + GENEVE_HLEN + GENEVE_OPT_IDENTITY_LEN + frame_len) as u16;
+) -> TunnelHdr {
+    let opts = GENEVE_OPT_IDENTITY_LEN + extra_opts;
+    let udp_len = (UDP_HLEN + GENEVE_HLEN + opts + frame_len) as u16;
     let total_len = udp_len + IPV4_MIN_HLEN as u16;
-    EncapHdr {
+    TunnelHdr {
         ip: skb::ipv4_header(IPPROTO_UDP, node.ipv4, tunnel_endpoint, total_len),
         udp: UdpHdr {
             sport: source_port(hash).to_be_bytes(),
@@ -115,7 +176,7 @@ fn encap_header(
             check: [0; 2],
         },
         geneve: GeneveHdr {
-            ver_optlen: (GENEVE_OPT_IDENTITY_LEN / 4) as u8,
+            ver_optlen: (opts / 4) as u8,
             flags: 0,
             proto: ETH_P_TEB.to_be_bytes(),
             vni: (node.vni << 8).to_be_bytes(),
@@ -126,7 +187,6 @@ fn encap_header(
             len: 1,
             identity: identity.to_be_bytes(),
         },
-        inner_eth,
     }
 }
 
@@ -142,6 +202,8 @@ pub struct Tunneled {
     /// Bytes between the outer Ethernet header and the inner IP header.
     pub overhead: u32,
     pub identity: u32,
+    /// The DSR option's frontend (address, port in host order), when the packet has one.
+    pub dsr: Option<([u8; 4], u16)>,
 }
 
 /// Whether `outer` is Geneve to this node.
@@ -167,6 +229,7 @@ pub fn inspect(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> Result<Tu
         return Err(Reason::UnknownVni);
     }
     let identity = identity_option(ctx, gnv_off + GENEVE_HLEN, opt_len);
+    let dsr = dsr_option(ctx, gnv_off + GENEVE_HLEN, opt_len);
     let inner_eth_off = gnv_off + GENEVE_HLEN + opt_len;
     // The outer Ethernet header stays; everything after it up to the inner IP header goes.
     let overhead = inner_eth_off;
@@ -174,7 +237,25 @@ pub fn inspect(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> Result<Tu
     Ok(Tunneled {
         overhead: overhead as u32,
         identity,
+        dsr,
     })
+}
+
+/// The DSR option among the first two options (Weft writes it second, after the identity).
+#[inline(always)]
+fn dsr_option(ctx: &TcContext, off: usize, opt_len: usize) -> Option<([u8; 4], u16)> {
+    let mut at = 0;
+    for _ in 0..2 {
+        if at + GENEVE_OPT_DSR_LEN > opt_len {
+            return None;
+        }
+        let o: GeneveOptDsr = Packet::load(ctx, off + at)?;
+        if GeneveOptDsr::is_dsr(o.class, o.kind, o.len) {
+            return Some((o.address, u16::from_be_bytes(o.port)));
+        }
+        at += 4 + (o.len & 0x1f) as usize * 4;
+    }
+    None
 }
 
 /// The first option, when it is Weft's identity option; 0 (unknown) otherwise.

@@ -6,6 +6,7 @@
 mod arp;
 mod container;
 mod ct;
+mod dsr;
 mod events;
 mod geneve;
 mod lb;
@@ -14,6 +15,7 @@ mod maps;
 mod metrics;
 mod nat;
 mod netdev;
+mod nodeport;
 mod observe;
 mod packet;
 mod parse;

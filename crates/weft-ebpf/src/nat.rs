@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weft_common::{
-    NatEntry4, NatKey4, NodeConfig, Reason,
+    Lb4Backend, NatEntry4, NatKey4, NodeConfig, Reason,
     nat::{NAT_DIR_EGRESS, NAT_DIR_INGRESS, SNAT_PORT_PROBES},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -60,23 +60,89 @@ fn now() -> u64 {
 #[inline(always)]
 pub fn snat(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> Result<(), Reason> {
     let p = ports(h, ICMP_ECHO_REQUEST).ok_or(Reason::NatUnsupportedProto)?;
-    let egress = NatKey4 {
-        saddr: h.src_v4(),
-        daddr: h.dst_v4(),
-        sport: p.src,
-        dport: p.dst,
-        proto: h.l4_proto,
-        direction: NAT_DIR_EGRESS,
-        _pad: [0; 2],
-    };
-    let port = match use_entry(&egress) {
-        Some(entry) => entry.port,
-        None => claim_port(&egress, node)?,
-    };
+    let port = snat_port(
+        &egress_key(h.src_v4(), h.dst_v4(), p.src, p.dst, h.l4_proto),
+        node,
+    )?;
     let l4_off = h.l4_off as usize;
     skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_SRC_OFF, h.src_v4(), node.ipv4)?;
     let field = if h.l4_proto == IPPROTO_ICMP { 4 } else { 0 };
     skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off + field, p.src, port)
+}
+
+/// The node port a north-south flow in SNAT mode leaves with, `h` describing the packet from
+/// the client (TCP or UDP) and `backend` where it goes: the same translation and port
+/// allocation as masquerade, so its reply is found by [`service_reverse`]. Reads and writes
+/// maps only.
+#[inline(always)]
+pub fn service_snat_port(
+    h: &Headers,
+    backend: &Lb4Backend,
+    node: &NodeConfig,
+) -> Result<u16, Reason> {
+    let egress = egress_key(
+        h.src_v4(),
+        backend.address,
+        h.src_port,
+        backend.port,
+        h.l4_proto,
+    );
+    snat_port(&egress, node)
+}
+
+#[inline(always)]
+fn egress_key(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> NatKey4 {
+    NatKey4 {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        direction: NAT_DIR_EGRESS,
+        _pad: [0; 2],
+    }
+}
+
+/// Rewrites the source of a TCP or UDP packet to `addr`:`port`; `h` follows.
+#[inline(always)]
+pub fn rewrite_src(
+    ctx: &TcContext,
+    h: &mut Headers,
+    addr: [u8; 4],
+    port: u16,
+) -> Result<(), Reason> {
+    let l4_off = h.l4_off as usize;
+    skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_SRC_OFF, h.src_v4(), addr)?;
+    skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off, h.src_port, port)?;
+    h.set_src_v4(addr);
+    h.src_port = port;
+    Ok(())
+}
+
+/// The client address and port of a reply (TCP or UDP, to this node's address) of a flow
+/// [`service_snat_port`] translated, if it is one. Reads maps only.
+#[inline(always)]
+pub fn service_reverse(h: &Headers, node: &NodeConfig) -> Option<([u8; 4], u16)> {
+    let ingress = NatKey4 {
+        saddr: h.src_v4(),
+        daddr: node.ipv4,
+        sport: h.src_port,
+        dport: h.dst_port,
+        proto: h.l4_proto,
+        direction: NAT_DIR_INGRESS,
+        _pad: [0; 2],
+    };
+    use_entry(&ingress).map(|e| (e.addr, e.port))
+}
+
+/// The translated port of the flow whose egress key is `egress`: its existing one, or a new
+/// one.
+#[inline(always)]
+fn snat_port(egress: &NatKey4, node: &NodeConfig) -> Result<u16, Reason> {
+    match use_entry(egress) {
+        Some(entry) => Ok(entry.port),
+        None => claim_port(egress, node),
+    }
 }
 
 /// The translation of `key`, marked as used now (in place: one lookup per packet).

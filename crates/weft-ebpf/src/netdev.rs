@@ -2,7 +2,10 @@
 //! - XDP: only malformed headers are dropped this early (the node's stack still needs whatever
 //!   L3 it speaks); the north-south service path and the prefilter join here later.
 //! - tc ingress (`from_netdev`): Geneve from other nodes is decapsulated and delivered to the
-//!   pod; replies to masqueraded flows are translated back and delivered to the pod.
+//!   pod (recording DSR flows, see `dsr`) or, addressed to the node, handed to its stack unless
+//!   it is the reply of a north-south flow this node SNATed (sent back to the client); packets
+//!   to a north-south frontend are balanced (`nodeport`); replies to masqueraded flows are
+//!   translated back and delivered to the pod.
 //! - tc egress (`to_netdev`): pod traffic the stack routed out is masqueraded to the node's
 //!   address; traffic the stack routes to a pod of another node is encapsulated.
 
@@ -10,10 +13,12 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     programs::{TcContext, XdpContext},
 };
-use weft_common::{Hook, NodeConfig, Reason, ipcache::identity, net::TC_ACT_OK};
+use weft_common::{
+    Hook, NodeConfig, Reason, ct::CT_FLAG_NORTH_SOUTH, ipcache::identity, net::TC_ACT_OK,
+};
 
 use crate::{
-    geneve, lb, lookup, nat, observe,
+    dsr, geneve, lb, lookup, nat, nodeport, observe,
     parse::{self, Headers},
     skb,
     verdict::{StageResult, Verdict, settle},
@@ -70,22 +75,39 @@ fn on_netdev(
 #[inline(always)]
 fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     if geneve::is_geneve_to(h, node) {
-        let tunneled = geneve::inspect(ctx, h, node)?;
-        if h.dst_v4() == node.ipv4 {
-            // A pod of another node talking to this node: up the node's stack.
-            geneve::decap(ctx, &tunneled)?;
-            return Ok(Verdict::pass().with_identity(tunneled.identity));
-        }
-        let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
-        geneve::decap(ctx, &tunneled)?;
-        lb::reverse_to_client(ctx, h)?;
-        return Ok(skb::deliver_to(ctx, &ep)?.with_identity(tunneled.identity));
+        return tunneled(ctx, h, node);
+    }
+    if let Some(plan) = nodeport::plan(h, node)? {
+        return nodeport::forward(ctx, h, node, &plan);
     }
     if let Some(pod) = nat::reverse_snat(ctx, h, node)? {
         let ep = lookup::endpoint(pod).ok_or(Reason::UnknownEndpoint)?;
         return Ok(skb::deliver_to(ctx, &ep)?.with_identity(identity::WORLD));
     }
     Ok(Verdict::pass())
+}
+
+/// Geneve to this node, decapsulated.
+#[inline(always)]
+fn tunneled(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
+    let tunneled = geneve::inspect(ctx, h, node)?;
+    if h.dst_v4() == node.ipv4 {
+        geneve::decap(ctx, &tunneled)?;
+        if let Some(flags) = lb::reverse_to_client(ctx, h, node)?
+            && flags & CT_FLAG_NORTH_SOUTH != 0
+        {
+            // A remote backend's reply to a north-south flow this node SNATed.
+            return Ok(nodeport::leave(ctx, h, node)?.with_identity(tunneled.identity));
+        }
+        // A pod of another node talking to this node: up the node's stack.
+        return Ok(Verdict::pass().with_identity(tunneled.identity));
+    }
+    let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
+    geneve::decap(ctx, &tunneled)?;
+    if lb::reverse_to_client(ctx, h, node)?.is_none() {
+        dsr::record(h, tunneled.dsr)?;
+    }
+    Ok(skb::deliver_to(ctx, &ep)?.with_identity(tunneled.identity))
 }
 
 #[inline(always)]

@@ -1,0 +1,86 @@
+//! DSR on the backend's node. A packet another node balanced to a local pod arrives over Geneve
+//! with the frontend in the DSR option (on the packets that open the flow): the flow is
+//! recorded in conntrack as `CT_KIND_DSR`, keyed by the tuple the backend replies with, holding
+//! the frontend. The pod's reply finds it in `from_container`, takes the frontend as source and
+//! leaves through the external device straight to the client: never back through the tunnel,
+//! never masqueraded.
+
+use aya_ebpf::programs::TcContext;
+use weft_common::{
+    CtKey4, NodeConfig, Reason,
+    ct::{CT_FLAG_NORTH_SOUTH, CT_KIND_DSR, CtDirection, ct_update},
+    net::IPPROTO_TCP,
+};
+
+use crate::{ct, lb, nat, nodeport, parse::Headers, verdict::Verdict};
+
+/// The DSR entry's key of a forward packet (client -> backend), as the reply will carry it.
+#[inline(always)]
+fn key_of_forward(h: &Headers) -> CtKey4 {
+    CtKey4 {
+        saddr: h.dst_v4(),
+        daddr: h.src_v4(),
+        sport: h.dst_port,
+        dport: h.src_port,
+        proto: h.l4_proto,
+        kind: CT_KIND_DSR,
+        _pad: [0; 2],
+    }
+}
+
+/// A packet decapsulated for a local pod, `frontend` its DSR option: records a new flow (or a
+/// flow reusing a closed one's ports), or advances the state of a recorded one. Reads headers
+/// and maps only.
+#[inline(always)]
+pub fn record(h: &Headers, frontend: Option<([u8; 4], u16)>) -> Result<(), Reason> {
+    if !lb::balanced(h) {
+        return Ok(());
+    }
+    let now = ct::now_s();
+    let key = key_of_forward(h);
+    if let Some(entry) = ct::live(&key, now) {
+        let up = ct::next_state(entry, h, CtDirection::Forward);
+        if !up.reopens {
+            ct::apply(entry, &up, now, CtDirection::Forward);
+            return Ok(());
+        }
+    }
+    let Some(frontend) = frontend else {
+        return Ok(());
+    };
+    let mut up = ct_update(
+        0,
+        h.l4_proto == IPPROTO_TCP,
+        h.tcp_flags,
+        CtDirection::Forward,
+    );
+    up.flags |= CT_FLAG_NORTH_SOUTH;
+    ct::put(&key, &ct::entry(0, 0, frontend, &up, now))
+}
+
+/// A local pod's packet to outside the cluster: when it answers a DSR flow, its source becomes
+/// the frontend and it leaves through the external device.
+#[inline(always)]
+pub fn reply(
+    ctx: &TcContext,
+    h: &mut Headers,
+    node: &NodeConfig,
+) -> Result<Option<Verdict>, Reason> {
+    if !lb::balanced(h) {
+        return Ok(None);
+    }
+    let now = ct::now_s();
+    let key = CtKey4 {
+        kind: CT_KIND_DSR,
+        ..ct::reply_key(h)
+    };
+    let Some(entry) = ct::live(&key, now) else {
+        return Ok(None);
+    };
+    let up = ct::next_state(entry, h, CtDirection::Reply);
+    ct::apply(entry, &up, now, CtDirection::Reply);
+    // SAFETY: a live map value.
+    let (address, port) = unsafe { ((*entry).nat_address, (*entry).nat_port) };
+    nat::rewrite_src(ctx, h, address, port)?;
+    nodeport::leave(ctx, h, node).map(Some)
+}

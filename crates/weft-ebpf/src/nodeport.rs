@@ -1,0 +1,161 @@
+//! North-south services in tc (`from_netdev`): a packet from outside the cluster to a NodePort,
+//! externalIPs or LoadBalancer frontend of this node goes to its flow's backend — the same
+//! conntrack and selection as east-west (`lb::flow`; Maglev hashes the client's tuple, so every
+//! node picks the same backend) — translated by the frontend's mode:
+//! - SNAT (no `SVC_FLAG_DSR`): destination the backend, source this node's address and a port
+//!   from the SNAT range (`nat`'s allocation and entries, so the reply is found); the reply
+//!   comes back to this node (from a local pod through `from_container`, from a remote one
+//!   through Geneve) and is translated back by `lb::reverse_to_client`.
+//! - DSR: destination only; to a remote backend the packets that open the flow carry the
+//!   frontend in a Geneve option (`dsr`), and the backend's node answers the client itself.
+//! - `externalTrafficPolicy: Local` keeps the client's address in either mode: the external
+//!   scope holds only local backends, whose replies pass this node anyway.
+//!
+//! Local backends get the packet by `bpf_redirect_peer`, remote ones through Geneve. Every
+//! north-south reply leaves through the external device by `bpf_redirect_neigh` ([`leave`]):
+//! the node's stack would need forwarding enabled and could masquerade or filter it.
+//!
+//! [`plan`] reads headers and maps only (the XDP path is to reuse it); [`forward`] writes it
+//! into the tc packet.
+
+use aya_ebpf::programs::TcContext;
+use weft_common::{
+    EndpointInfo, Lb4Backend, NodeConfig, Reason,
+    ct::{CT_FLAG_NORTH_SOUTH, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    ipcache::identity,
+    lb::{SVC_FLAG_DSR, SVC_FLAG_EXT_LOCAL},
+    net::IPPROTO_TCP,
+};
+
+use crate::{
+    geneve,
+    lb::{self, Opening},
+    lookup, nat,
+    parse::Headers,
+    skb,
+    verdict::{StageResult, Verdict},
+};
+
+/// Where a translated packet goes.
+#[derive(Clone, Copy)]
+pub enum Delivery {
+    /// A pod of this node.
+    Local(EndpointInfo),
+    /// A pod behind the node at this underlay address (Geneve).
+    Tunnel([u8; 4]),
+}
+
+/// What is done to a packet to a north-south frontend.
+pub struct Plan {
+    pub backend: Lb4Backend,
+    /// SNAT mode: the source becomes this node's address and this port.
+    pub snat_port: Option<u16>,
+    pub delivery: Delivery,
+    /// DSR to a remote backend, on a packet that opens the flow: the frontend the option
+    /// carries (address, port in host order).
+    pub dsr_option: Option<([u8; 4], u16)>,
+    /// The identity the tunnel carries: the world when the client's address is kept, this
+    /// node when the source is its own.
+    pub identity: u32,
+}
+
+/// The plan for a packet from outside the cluster, `None` when it is not addressed to a
+/// north-south frontend. Opens the flow (conntrack, SNAT port) when it is new.
+#[inline(always)]
+pub fn plan(h: &Headers, node: &NodeConfig) -> Result<Option<Plan>, Reason> {
+    let Some(fe) = lb::north_south_frontend(h) else {
+        return Ok(None);
+    };
+    let dsr = fe.svc.flags & SVC_FLAG_DSR != 0;
+    let ext_local = fe.svc.flags & SVC_FLAG_EXT_LOCAL != 0;
+    let flow = lb::flow(h, &fe, |backend| {
+        let local = matches!(delivery(backend)?, Delivery::Local(_));
+        Ok(Opening {
+            flags: CT_FLAG_NORTH_SOUTH,
+            with_reply: !dsr || local,
+        })
+    })
+    .map_err(|reason| match reason {
+        Reason::NoServiceBackend if ext_local => Reason::NoLocalBackend,
+        other => other,
+    })?;
+    let delivery = delivery(&flow.backend)?;
+    let remote = matches!(delivery, Delivery::Tunnel(_));
+    let snat = !dsr && !ext_local;
+    let snat_port = if snat {
+        Some(nat::service_snat_port(h, &flow.backend, node)?)
+    } else {
+        None
+    };
+    let dsr_option = if dsr && remote && opens(h, flow.opened) {
+        Some((h.dst_v4(), h.dst_port))
+    } else {
+        None
+    };
+    Ok(Some(Plan {
+        backend: flow.backend,
+        snat_port,
+        delivery,
+        dsr_option,
+        identity: if snat {
+            identity::HOST
+        } else {
+            identity::WORLD
+        },
+    }))
+}
+
+/// Whether the packet opens its flow for the backend's node: a TCP SYN (every one: a lost SYN
+/// is retransmitted), or the first packet of a UDP flow here. Later packets go without the
+/// option: a full-size packet plus the option would exceed the underlay MTU.
+#[inline(always)]
+fn opens(h: &Headers, opened: bool) -> bool {
+    if h.l4_proto == IPPROTO_TCP {
+        h.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    } else {
+        opened
+    }
+}
+
+/// A pod of this node, or a pod behind another node; anything else (a host-network backend)
+/// this path cannot reach.
+#[inline(always)]
+fn delivery(backend: &Lb4Backend) -> Result<Delivery, Reason> {
+    if let Some(ep) = lookup::endpoint(backend.address) {
+        return Ok(Delivery::Local(ep));
+    }
+    match lookup::ipcache(backend.address) {
+        Some(entry) if entry.has_tunnel() => Ok(Delivery::Tunnel(entry.tunnel_endpoint)),
+        _ => Err(Reason::BackendUnreachable),
+    }
+}
+
+/// Writes `plan` into the packet and sends it on; `h` then describes the translated packet
+/// (the inner one when tunneled).
+#[inline(always)]
+pub fn forward(ctx: &TcContext, h: &mut Headers, node: &NodeConfig, plan: &Plan) -> StageResult {
+    lb::dnat(ctx, h, &plan.backend)?;
+    if let Some(port) = plan.snat_port {
+        nat::rewrite_src(ctx, h, node.ipv4, port)?;
+    }
+    skb::decrement_ttl(ctx, h.ttl)?;
+    let verdict = match plan.delivery {
+        Delivery::Local(ep) => skb::deliver_to(ctx, &ep)?,
+        Delivery::Tunnel(endpoint) => {
+            match plan.dsr_option {
+                Some(frontend) => geneve::encap_dsr(ctx, node, endpoint, plan.identity, frontend)?,
+                None => geneve::encap(ctx, node, endpoint, plan.identity)?,
+            }
+            skb::redirect_neigh(node.external_ifindex)
+        }
+    };
+    Ok(verdict.with_identity(identity::WORLD))
+}
+
+/// A translated reply on its way to a client outside the cluster: out of the external device,
+/// routed as the node routes (TTL decremented, next hop from the neighbour table).
+#[inline(always)]
+pub fn leave(ctx: &TcContext, h: &Headers, node: &NodeConfig) -> Result<Verdict, Reason> {
+    skb::decrement_ttl(ctx, h.ttl)?;
+    Ok(skb::redirect_neigh(node.external_ifindex))
+}
