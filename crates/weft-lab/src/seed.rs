@@ -135,7 +135,7 @@ pub fn fetch(lab: &Topology, entry: SocketAddrV4) -> anyhow::Result<SocketAddr> 
 }
 
 /// Fetches until the service answers (the agents pick the objects up within a poll).
-fn wait_for_service(lab: &Topology, entry: SocketAddrV4) -> anyhow::Result<()> {
+pub fn wait_for_service(lab: &Topology, entry: SocketAddrV4) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         match fetch(lab, entry) {
@@ -152,7 +152,7 @@ fn wait_for_service(lab: &Topology, entry: SocketAddrV4) -> anyhow::Result<()> {
 
 /// One fetch through `entry` with the router's ports of `backend` and of the entry node
 /// captured around it.
-fn check(
+pub fn check(
     lab: &Topology,
     when: &str,
     entry: SocketAddrV4,

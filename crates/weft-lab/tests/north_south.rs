@@ -1,0 +1,206 @@
+//! L3: traffic from outside the cluster (the lab's client, 203.0.113.4) to services, on labs
+//! run by Weft's agents: the seed's flow (DSR over Geneve, native acceleration) and its
+//! contrast in SNAT mode, with captures on the router proving which node replied;
+//! `externalTrafficPolicy: Local` (client address kept, nodes without a local backend drop,
+//! health-check ports); a pod reaching its own service through a node address. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    time::Duration,
+};
+
+use weft_lab::{
+    leftovers,
+    netns::run_in,
+    runtime::locate_binary,
+    seed::{self, SEED_VALUES, SERVICE_PORT},
+    testing::{TestCluster, running_as_root},
+};
+
+fn netbench() -> std::path::PathBuf {
+    locate_binary("WEFT_NETBENCH", "weft-netbench").expect("weft-netbench is built")
+}
+
+fn take_down(cluster: TestCluster) {
+    let name = cluster.lab.name.clone();
+    drop(cluster);
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+/// The seed's objects on a 3-node cluster with `values`.
+fn seed_cluster(tag: &str, values: &str) -> TestCluster {
+    let cluster = TestCluster::up(tag, 3, Some(values));
+    seed::apply_objects(&cluster.lab, &cluster.bins, &netbench(), &cluster.dir)
+        .expect("apply the seed's objects");
+    cluster
+}
+
+#[test]
+fn the_seed_flow_keeps_the_client_address_and_the_backend_node_replies() {
+    if !running_as_root("the_seed_flow_keeps_the_client_address_and_the_backend_node_replies") {
+        return;
+    }
+    let cluster = seed_cluster("seed", SEED_VALUES);
+    let checks = seed::run(&cluster.lab).expect("the seed scenario runs");
+    assert_eq!(checks.len(), 3);
+    for check in &checks {
+        assert!(check.passed(cluster.lab.client.ip), "{check:?}");
+    }
+    take_down(cluster);
+}
+
+#[test]
+fn in_snat_mode_the_entry_node_replies_and_the_backend_sees_it() {
+    if !running_as_root("in_snat_mode_the_entry_node_replies_and_the_backend_sees_it") {
+        return;
+    }
+    let values = SEED_VALUES
+        .replace("mode: dsr", "mode: snat")
+        .replace("acceleration: native", "acceleration: disabled");
+    let cluster = seed_cluster("snat", &values);
+    let lab = &cluster.lab;
+    let (vps1, vps2) = (
+        lab.node("vps1").expect("vps1"),
+        lab.node("vps2").expect("vps2"),
+    );
+    let entry = SocketAddrV4::new(vps2.underlay_ip, SERVICE_PORT);
+    seed::wait_for_service(lab, entry).expect("the service answers");
+    let check = seed::check(lab, "snat", entry, vps1, vps2).expect("check");
+    assert_eq!(
+        check.seen.ip(),
+        vps2.underlay_ip,
+        "SNAT to the entry node: {check:?}"
+    );
+    assert!(check.replies_from_entry_node > 0, "{check:?}");
+    assert_eq!(check.replies_from_backend_node, 0, "{check:?}");
+    assert!(!check.passed(lab.client.ip));
+    take_down(cluster);
+}
+
+#[test]
+fn dsr_without_acceleration_keeps_the_client_address_too() {
+    if !running_as_root("dsr_without_acceleration_keeps_the_client_address_too") {
+        return;
+    }
+    let values = SEED_VALUES.replace("acceleration: native", "acceleration: disabled");
+    let cluster = seed_cluster("dsrt", &values);
+    let lab = &cluster.lab;
+    let (vps1, vps2) = (
+        lab.node("vps1").expect("vps1"),
+        lab.node("vps2").expect("vps2"),
+    );
+    let entry = SocketAddrV4::new(vps2.underlay_ip, SERVICE_PORT);
+    seed::wait_for_service(lab, entry).expect("the service answers");
+    let check = seed::check(lab, "dsr", entry, vps1, vps2).expect("check");
+    assert!(check.passed(lab.client.ip), "{check:?}");
+    // Through the backend's own node too: local backend, DSR.
+    let local = SocketAddrV4::new(vps1.underlay_ip, SERVICE_PORT);
+    assert_eq!(
+        seed::fetch(lab, local).expect("via vps1").ip(),
+        lab.client.ip
+    );
+    take_down(cluster);
+}
+
+fn http_get(netns: &str, to: SocketAddrV4) -> String {
+    let mut stream = run_in(netns, || {
+        TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))
+    })
+    .expect("netns")
+    .expect("connect to the health port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_and_only_backend_nodes_answer() {
+    if !running_as_root(
+        "external_traffic_policy_local_keeps_the_client_and_only_backend_nodes_answer",
+    ) {
+        return;
+    }
+    let cluster = TestCluster::up("etpl", 2, Some("loadBalancer: {mode: snat}\n"));
+    let netbench = netbench();
+    let objects = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  nodeName: vps1
+  containers:
+    - name: web
+      command: [{netbench}, whoami, --listen, '0.0.0.0:8080']
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32001
+  ports:
+    - {{port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}
+",
+        netbench = netbench.display()
+    );
+    cluster.apply_text("web.yaml", &objects).expect("apply");
+    let lab = &cluster.lab;
+    let (vps1, vps2) = (
+        lab.node("vps1").expect("vps1"),
+        lab.node("vps2").expect("vps2"),
+    );
+    let via_vps1 = SocketAddrV4::new(vps1.underlay_ip, 30080);
+    seed::wait_for_service(lab, via_vps1).expect("the NodePort answers on vps1");
+    // The backend sees the client itself (no SNAT with a Local policy, even in snat mode).
+    assert_eq!(
+        seed::fetch(lab, via_vps1).expect("via vps1").ip(),
+        lab.client.ip
+    );
+    // vps2 has no local backend: its NodePort drops.
+    let via_vps2 = SocketAddrV4::new(vps2.underlay_ip, 30080);
+    assert!(
+        seed::fetch(lab, via_vps2).is_err(),
+        "vps2 has no local backend"
+    );
+    // The health-check ports say which node has one.
+    let health = |node: &weft_lab::NodeSpec| {
+        http_get(
+            &lab.client.netns,
+            SocketAddrV4::new(node.underlay_ip, 32001),
+        )
+    };
+    let on_vps1 = health(vps1);
+    assert!(on_vps1.starts_with("HTTP/1.1 200"), "{on_vps1}");
+    assert!(on_vps1.contains("\"localEndpoints\":1"), "{on_vps1}");
+    let on_vps2 = health(vps2);
+    assert!(on_vps2.starts_with("HTTP/1.1 503"), "{on_vps2}");
+
+    // Hairpin: the backend pod reaches its own service through its node's address.
+    let web = cluster.pod("web");
+    let mut stream = run_in(&web.netns, || {
+        TcpStream::connect_timeout(&via_vps1.into(), Duration::from_secs(5))
+    })
+    .expect("netns")
+    .expect("the pod reaches its own NodePort");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut seen = String::new();
+    stream.read_to_string(&mut seen).expect("answer");
+    let seen: SocketAddr = seen.trim().parse().expect("an address");
+    assert_eq!(stream.peer_addr().expect("peer"), SocketAddr::V4(via_vps1));
+    assert_eq!(seen.ip().to_string(), "169.254.42.1", "hairpin source");
+    take_down(cluster);
+}
