@@ -7,8 +7,9 @@ use serde::Serialize;
 use weft_common::{
     CtEntry4, CtKey4, Lb4Backend, Lb4Key, Lb4Service,
     ct::{
-        CT_FLAG_FORWARD_CLOSING, CT_FLAG_FROM_SOCKET, CT_FLAG_REPLY_CLOSING, CT_FLAG_RESET,
-        CT_FLAG_SEEN_NON_SYN, CT_KIND_SERVICE,
+        CT_FLAG_FORWARD_CLOSING, CT_FLAG_FROM_SOCKET, CT_FLAG_LOOPBACK, CT_FLAG_NORTH_SOUTH,
+        CT_FLAG_REPLY_CLOSING, CT_FLAG_RESET, CT_FLAG_SEEN_NON_SYN, CT_KIND_DSR, CT_KIND_REPLY,
+        CT_KIND_SERVICE,
     },
     lb::{
         LB_ALG_MAGLEV, LB_SCOPE_EXTERNAL, LB_SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DSR,
@@ -178,7 +179,7 @@ pub const CT_HEADERS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CtRow {
     pub node: String,
-    /// `service` (client -> frontend) or `reply` (backend -> client).
+    /// `service`, `reply` or `dsr` (see [`ct_kind_name`]).
     pub kind: &'static str,
     pub proto: &'static str,
     pub source: String,
@@ -214,11 +215,7 @@ impl Row for CtRow {
 pub fn ct_row(node: &str, key: &CtKey4, entry: &CtEntry4, now_s: u32) -> CtRow {
     CtRow {
         node: node.to_string(),
-        kind: if key.kind == CT_KIND_SERVICE {
-            "service"
-        } else {
-            "reply"
-        },
+        kind: ct_kind_name(key.kind),
         proto: l4_proto_name(key.proto),
         source: endpoint(key.saddr, key.sport),
         destination: endpoint(key.daddr, key.dport),
@@ -231,8 +228,21 @@ pub fn ct_row(node: &str, key: &CtKey4, entry: &CtEntry4, now_s: u32) -> CtRow {
     }
 }
 
+/// `service` (client -> frontend), `reply` (backend -> client), `dsr` (on a DSR backend's
+/// node: backend -> client, with the frontend its replies leave from).
+fn ct_kind_name(kind: u8) -> &'static str {
+    match kind {
+        CT_KIND_SERVICE => "service",
+        CT_KIND_REPLY => "reply",
+        CT_KIND_DSR => "dsr",
+        _ => "unknown",
+    }
+}
+
 fn ct_state(flags: u16) -> Vec<&'static str> {
     let named = [
+        (CT_FLAG_NORTH_SOUTH, "north-south"),
+        (CT_FLAG_LOOPBACK, "hairpin"),
         (CT_FLAG_SEEN_NON_SYN, "established"),
         (CT_FLAG_FORWARD_CLOSING, "client-fin"),
         (CT_FLAG_REPLY_CLOSING, "backend-fin"),
@@ -261,7 +271,6 @@ pub fn ct_rows_of(node: &str, maps: &LbMaps, now_s: u32) -> anyhow::Result<Vec<C
 #[cfg(test)]
 mod tests {
     use weft_common::{
-        ct::CT_KIND_REPLY,
         lb::LB_SCOPE_EXTERNAL,
         net::{IPPROTO_TCP, IPPROTO_UDP},
     };
@@ -444,6 +453,17 @@ mod tests {
         let row = ct_row("vps1", &key, &entry, 1000);
         assert_eq!(row.kind, "reply");
         assert_eq!(row.state, ["established", "client-fin"]);
+        let dsr = CtKey4 {
+            kind: CT_KIND_DSR,
+            ..key
+        };
+        let marked = CtEntry4 {
+            flags: CT_FLAG_NORTH_SOUTH | CT_FLAG_LOOPBACK,
+            ..entry
+        };
+        let dsr_row = ct_row("vps1", &dsr, &marked, 1000);
+        assert_eq!(dsr_row.kind, "dsr");
+        assert_eq!(dsr_row.state, ["north-south", "hairpin"]);
         assert_eq!(row.expires_in_secs, 100);
         assert_eq!(row.cells()[6], "1m40s");
         assert_eq!(ct_row("vps1", &key, &entry, 2000).cells()[6], "expired");
