@@ -81,7 +81,13 @@ pub fn plan(h: &Headers, node: &NodeConfig) -> Result<Option<Plan>, Reason> {
     })?;
     let delivery = delivery(&flow.backend)?;
     let remote = matches!(delivery, Delivery::Tunnel(_));
-    let snat = !dsr && !ext_local;
+    // A local backend keeps the client address (as in Cilium): its reply passes this node
+    // anyway, so nothing forces it back through here. The volatile read keeps the compiler
+    // from folding the test on `delivery`'s niche (a pointer) into flag arithmetic, which the
+    // verifier refuses.
+    // SAFETY: a read of a local.
+    let remote = unsafe { core::ptr::read_volatile(&remote) };
+    let snat = !dsr && !ext_local && remote;
     let snat_port = if snat {
         Some(nat::service_snat_port(h, &flow.backend, node)?)
     } else {

@@ -50,15 +50,17 @@ fn the_seed_flow_keeps_the_client_address_and_the_backend_node_replies() {
     take_down(cluster);
 }
 
-#[test]
-fn in_snat_mode_the_entry_node_replies_and_the_backend_sees_it() {
-    if !running_as_root("in_snat_mode_the_entry_node_replies_and_the_backend_sees_it") {
-        return;
-    }
+/// What a request from the client through vps2 to the backend on vps1 looks like in `mode`
+/// with `acceleration`: in SNAT the backend sees vps2 and the reply goes back through it; in
+/// DSR (and hybrid, for TCP) the backend sees the client and vps1 replies itself.
+fn check_mode(tag: &str, mode: &str, acceleration: &str) {
     let values = SEED_VALUES
-        .replace("mode: dsr", "mode: snat")
-        .replace("acceleration: native", "acceleration: disabled");
-    let cluster = seed_cluster("snat", &values);
+        .replace("mode: dsr", &format!("mode: {mode}"))
+        .replace(
+            "acceleration: native",
+            &format!("acceleration: {acceleration}"),
+        );
+    let cluster = seed_cluster(tag, &values);
     let lab = &cluster.lab;
     let (vps1, vps2) = (
         lab.node("vps1").expect("vps1"),
@@ -66,41 +68,40 @@ fn in_snat_mode_the_entry_node_replies_and_the_backend_sees_it() {
     );
     let entry = SocketAddrV4::new(vps2.underlay_ip, SERVICE_PORT);
     seed::wait_for_service(lab, entry).expect("the service answers");
-    let check = seed::check(lab, "snat", entry, vps1, vps2).expect("check");
+    let check = seed::check(lab, mode, entry, vps1, vps2).expect("check");
+    let what = format!("{mode}, acceleration {acceleration}: {check:?}");
+    if mode == "snat" {
+        assert_eq!(check.seen.ip(), vps2.underlay_ip, "{what}");
+        assert!(check.replies_from_entry_node > 0, "{what}");
+        assert_eq!(check.replies_from_backend_node, 0, "{what}");
+    } else {
+        assert!(check.passed(lab.client.ip), "{what}");
+    }
+    // Through the backend's own node: a local backend.
+    let local = SocketAddrV4::new(vps1.underlay_ip, SERVICE_PORT);
+    let seen = seed::fetch(lab, local).expect("via vps1");
     assert_eq!(
-        check.seen.ip(),
-        vps2.underlay_ip,
-        "SNAT to the entry node: {check:?}"
+        seen.ip(),
+        lab.client.ip,
+        "{what}: a local backend keeps the client"
     );
-    assert!(check.replies_from_entry_node > 0, "{check:?}");
-    assert_eq!(check.replies_from_backend_node, 0, "{check:?}");
-    assert!(!check.passed(lab.client.ip));
     take_down(cluster);
 }
 
 #[test]
-fn dsr_without_acceleration_keeps_the_client_address_too() {
-    if !running_as_root("dsr_without_acceleration_keeps_the_client_address_too") {
+fn snat_dsr_and_hybrid_with_and_without_acceleration() {
+    if !running_as_root("snat_dsr_and_hybrid_with_and_without_acceleration") {
         return;
     }
-    let values = SEED_VALUES.replace("acceleration: native", "acceleration: disabled");
-    let cluster = seed_cluster("dsrt", &values);
-    let lab = &cluster.lab;
-    let (vps1, vps2) = (
-        lab.node("vps1").expect("vps1"),
-        lab.node("vps2").expect("vps2"),
-    );
-    let entry = SocketAddrV4::new(vps2.underlay_ip, SERVICE_PORT);
-    seed::wait_for_service(lab, entry).expect("the service answers");
-    let check = seed::check(lab, "dsr", entry, vps1, vps2).expect("check");
-    assert!(check.passed(lab.client.ip), "{check:?}");
-    // Through the backend's own node too: local backend, DSR.
-    let local = SocketAddrV4::new(vps1.underlay_ip, SERVICE_PORT);
-    assert_eq!(
-        seed::fetch(lab, local).expect("via vps1").ip(),
-        lab.client.ip
-    );
-    take_down(cluster);
+    for (tag, mode, acceleration) in [
+        ("snatd", "snat", "disabled"),
+        ("snatn", "snat", "native"),
+        ("dsrd", "dsr", "disabled"),
+        ("hybd", "hybrid", "disabled"),
+        ("hybn", "hybrid", "native"),
+    ] {
+        check_mode(tag, mode, acceleration);
+    }
 }
 
 fn http_get(netns: &str, to: SocketAddrV4) -> String {
