@@ -71,6 +71,9 @@ pub const CT_FLAG_NORTH_SOUTH: u16 = 1 << 5;
 /// address ([`crate::lb::LB_LOOPBACK_ADDR`]), which the reply entry's key holds as the
 /// destination; the reply goes back to the client's own address.
 pub const CT_FLAG_LOOPBACK: u16 = 1 << 6;
+/// This node sees only the client's side of the flow (DSR to a backend on another node: the
+/// backend's node replies): the client's FIN closes it, as no backend FIN will ever pass.
+pub const CT_FLAG_ONE_WAY: u16 = 1 << 7;
 
 /// Lifetimes (Cilium's defaults, design §3).
 pub const CT_LIFETIME_TCP_SYN_S: u32 = 60;
@@ -149,7 +152,11 @@ pub const fn ct_update(
 
 const fn tcp_lifetime(flags: u16) -> u32 {
     let both_closing = CT_FLAG_FORWARD_CLOSING | CT_FLAG_REPLY_CLOSING;
-    if flags & CT_FLAG_RESET != 0 || flags & both_closing == both_closing {
+    let one_way_closing = CT_FLAG_ONE_WAY | CT_FLAG_FORWARD_CLOSING;
+    if flags & CT_FLAG_RESET != 0
+        || flags & both_closing == both_closing
+        || flags & one_way_closing == one_way_closing
+    {
         CT_LIFETIME_TCP_CLOSE_S
     } else if flags & CT_FLAG_SEEN_NON_SYN != 0 {
         CT_LIFETIME_TCP_ESTABLISHED_S
@@ -169,6 +176,27 @@ const _: () = assert!(core::mem::size_of::<CtEntry4>() == 32);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_one_way_flow_closes_on_the_clients_fin_alone() {
+        let established = ct_update(CT_FLAG_ONE_WAY, true, TCP_FLAG_ACK, CtDirection::Forward);
+        assert_eq!(established.lifetime_s, CT_LIFETIME_TCP_ESTABLISHED_S);
+        let fin = ct_update(
+            established.flags,
+            true,
+            TCP_FLAG_FIN | TCP_FLAG_ACK,
+            CtDirection::Forward,
+        );
+        assert_eq!(fin.lifetime_s, CT_LIFETIME_TCP_CLOSE_S);
+        // A two-way flow waits for the backend's FIN too.
+        let two_way = ct_update(
+            CT_FLAG_SEEN_NON_SYN,
+            true,
+            TCP_FLAG_FIN | TCP_FLAG_ACK,
+            CtDirection::Forward,
+        );
+        assert_eq!(two_way.lifetime_s, CT_LIFETIME_TCP_ESTABLISHED_S);
+    }
 
     const SYN: u8 = TCP_FLAG_SYN;
     const SYN_ACK: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK;

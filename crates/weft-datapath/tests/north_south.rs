@@ -14,7 +14,10 @@ use std::net::Ipv4Addr;
 use weft_common::{
     CtEntry4, CtKey4, EndpointInfo, EndpointKey, EventKind, Hook, IpcacheEntry, Lb4Backend, Lb4Key,
     Lb4RevNat, Lb4Service, MetricsKey, NatEntry4, NatKey4, NodeConfig, Reason,
-    ct::{CT_FLAG_LOOPBACK, CT_FLAG_NORTH_SOUTH, CT_KIND_DSR, CT_KIND_REPLY, CT_KIND_SERVICE},
+    ct::{
+        CT_FLAG_LOOPBACK, CT_FLAG_NORTH_SOUTH, CT_FLAG_ONE_WAY, CT_KIND_DSR, CT_KIND_REPLY,
+        CT_KIND_SERVICE, CT_LIFETIME_TCP_CLOSE_S,
+    },
     geneve::{
         ETH_P_TEB, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE_IDENTITY, GENEVE_PORT, GENEVE_VNI,
         GeneveOptDsr,
@@ -37,7 +40,7 @@ use weft_datapath::{
     testrun::{TestHarness, assert_every_fixture},
 };
 use weft_model::Ipv4Cidr;
-use weft_packet::{PacketBuilder, TCP_ACK, TCP_SYN, checksum::internet_checksum};
+use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_SYN, checksum::internet_checksum};
 
 const TC_ACT_REDIRECT: i32 = 7;
 
@@ -624,6 +627,23 @@ fn dsr_to_a_remote_backend_carries_the_frontend_option_on_the_syn_only() {
     );
     assert_eq!(out.len(), syn.len() + 58, "ACK + 58 bytes of encapsulation");
     assert_eq!(out, want, "the ACK goes without the DSR option");
+
+    // This node never sees the backend's FIN: the client's closes the flow.
+    let entry = ct_entry(&h, &service).expect("service entry");
+    assert_eq!(entry.flags & CT_FLAG_ONE_WAY, CT_FLAG_ONE_WAY);
+    run(
+        &mut h,
+        FROM_NETDEV,
+        &from_client(NODE_IP, NODE_PORT, TCP_ACK | TCP_FIN).build(),
+    );
+    let entry = ct_entry(&h, &service).expect("service entry");
+    let now_s = u32::try_from(weft_datapath::monotonic_ns().expect("clock") / 1_000_000_000)
+        .expect("seconds");
+    assert!(
+        entry.expires_s <= now_s + CT_LIFETIME_TCP_CLOSE_S,
+        "the client's FIN gives the close lifetime: expires {} now {now_s}",
+        entry.expires_s
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@
 use aya_ebpf::programs::TcContext;
 use weft_common::{
     EndpointInfo, Lb4Backend, NodeConfig, Reason,
-    ct::{CT_FLAG_NORTH_SOUTH, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    ct::{CT_FLAG_NORTH_SOUTH, CT_FLAG_ONE_WAY, TCP_FLAG_ACK, TCP_FLAG_SYN},
     ipcache::identity,
     lb::{SVC_FLAG_DSR, SVC_FLAG_EXT_LOCAL},
     net::IPPROTO_TCP,
@@ -70,9 +70,11 @@ pub fn plan(h: &Headers, node: &NodeConfig) -> Result<Option<Plan>, Reason> {
     let ext_local = fe.svc.flags & SVC_FLAG_EXT_LOCAL != 0;
     let flow = lb::flow(h, &fe, |backend| {
         let local = matches!(delivery(backend)?, Delivery::Local(_));
+        let with_reply = !dsr || local;
+        let one_way = if with_reply { 0 } else { CT_FLAG_ONE_WAY };
         Ok(Opening {
-            flags: CT_FLAG_NORTH_SOUTH,
-            with_reply: !dsr || local,
+            flags: CT_FLAG_NORTH_SOUTH | one_way,
+            with_reply,
         })
     })
     .map_err(|reason| match reason {
