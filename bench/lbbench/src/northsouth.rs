@@ -326,3 +326,45 @@ fn describe(kind: &Kind, s: &Samples) -> anyhow::Result<Value> {
         "bytes_out": s.bytes_out,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_client_and_snat_first_packets_their_own_ports() {
+        let kinds = kinds();
+        let mut clients: Vec<_> = kinds.iter().map(|k| k.client).collect();
+        clients.sort();
+        clients.dedup();
+        assert_eq!(clients.len(), kinds.len());
+        let ports = |program| {
+            let k = kinds
+                .iter()
+                .find(|k| k.program == program && k.mode == "snat" && k.packet == "first")
+                .expect("a SNAT first kind");
+            let first = u32::from(k.port_base);
+            first..first + MAX_SAMPLES
+        };
+        let (tc, xdp) = (ports("tc"), ports("xdp"));
+        assert!(tc.start >= u32::from(SNAT_PORT_MIN) && tc.end <= xdp.start);
+        assert!(xdp.end <= 65_536);
+    }
+
+    #[test]
+    fn the_programs_get_the_same_packets_but_for_the_source() {
+        let kinds = kinds();
+        for tc in kinds.iter().filter(|k| k.program == "tc") {
+            let xdp = kinds
+                .iter()
+                .find(|k| k.program == "xdp" && k.mode == tc.mode && k.packet == tc.packet)
+                .expect("the XDP twin");
+            let (a, b) = (tc.packet(7), xdp.packet(7));
+            assert_eq!(a.len(), b.len());
+            // Destination address and port, TCP flags and payload; the source is the kind's.
+            for range in [30..34, 36..38, 47..48, 54..a.len()] {
+                assert_eq!(a[range.clone()], b[range], "{} {}", tc.mode, tc.packet);
+            }
+        }
+    }
+}
