@@ -4,6 +4,7 @@
 mod maglev;
 mod manifests;
 mod model;
+mod northsouth;
 mod stats;
 mod testrun;
 
@@ -39,6 +40,16 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: u32,
     },
+    /// ns per packet of the north-south path under BPF_PROG_TEST_RUN: tc's from_netdev and
+    /// xdp_entry on the same packets (SNAT and DSR, first and established, remote backend).
+    Northsouth {
+        /// Packets of each kind (at most 16384: first packets take a SNAT port each).
+        #[arg(long, default_value_t = 10_000)]
+        samples: u32,
+        /// Packets of one kind before the next kind's turn.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
     /// Maglev table build time for each table size and number of backends.
     Maglev {
         #[arg(long, value_delimiter = ',', default_value = "16381,65521")]
@@ -66,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             samples,
             batch,
         } => run_testrun(&services, samples, batch.max(1))?,
+        Command::Northsouth { samples, batch } => run_northsouth(samples, batch.max(1))?,
         Command::Maglev {
             sizes,
             backends,
@@ -97,6 +109,17 @@ fn run_testrun(services: &[u32], samples: u32, batch: u32) -> anyhow::Result<()>
             json!({"services": count, "samples": samples, "load_and_fill_ms": fill_ms, "ns": kinds})
         );
     }
+    Ok(())
+}
+
+fn run_northsouth(samples: u32, batch: u32) -> anyhow::Result<()> {
+    let mut harness = northsouth::harness()?;
+    let kinds = northsouth::measure(&mut harness, samples, batch)?;
+    println!(
+        "{}",
+        json!({"samples": samples, "batch": batch, "maglev_size": northsouth::MAGLEV_SIZE,
+               "kinds": kinds})
+    );
     Ok(())
 }
 
