@@ -88,6 +88,8 @@ pub struct Agent<D: Datapath> {
 pub struct ReconcileReport {
     pub ipcache_puts: usize,
     pub ipcache_deletes: usize,
+    pub prefilter_puts: usize,
+    pub prefilter_deletes: usize,
     pub endpoint_puts: usize,
     pub endpoint_deletes: usize,
     pub attached: Vec<String>,
@@ -100,6 +102,8 @@ impl ReconcileReport {
     pub fn changed(&self) -> bool {
         self.ipcache_puts
             + self.ipcache_deletes
+            + self.prefilter_puts
+            + self.prefilter_deletes
             + self.endpoint_puts
             + self.endpoint_deletes
             + self.attached.len()
@@ -717,6 +721,9 @@ impl<D: Datapath> Agent<D> {
         if let Err(e) = self.reconcile_ipcache(&mut report) {
             report.errors.push(format!("ipcache: {e:#}"));
         }
+        if let Err(e) = self.reconcile_prefilter(&mut report) {
+            report.errors.push(format!("prefilter: {e:#}"));
+        }
         if let Err(e) = self.reconcile_endpoints(&mut report) {
             report.errors.push(format!("endpoints: {e:#}"));
         }
@@ -757,6 +764,24 @@ impl<D: Datapath> Agent<D> {
                 Ipv4Addr::from(entry.tunnel_endpoint)
             );
             report.ipcache_puts += 1;
+        }
+        Ok(())
+    }
+
+    /// `weft_prefilter4` holds exactly `prefilter.cidrs`: stale prefixes go, missing ones are
+    /// added, the others are left alone.
+    fn reconcile_prefilter(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {
+        let desired = &self.settings.cluster.prefilter.cidrs;
+        let current = self.datapath.prefilter()?;
+        for &cidr in current.difference(desired) {
+            self.datapath.delete_prefilter(cidr)?;
+            log!("prefilter: deleted {cidr}");
+            report.prefilter_deletes += 1;
+        }
+        for &cidr in desired.difference(&current) {
+            self.datapath.put_prefilter(cidr)?;
+            log!("prefilter: dropping packets from {cidr}");
+            report.prefilter_puts += 1;
         }
         Ok(())
     }

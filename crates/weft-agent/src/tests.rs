@@ -207,6 +207,34 @@ fn xdp_runs_on_the_external_device_only_with_acceleration() {
 }
 
 #[test]
+fn the_prefilter_map_follows_the_values_with_minimal_changes() {
+    let d = dirs();
+    let mut datapath = fake_datapath();
+    datapath.prefilter = [cidr("198.18.0.0/15"), cidr("192.0.2.0/24")].into();
+    let mut cluster = ClusterConfig::default();
+    cluster.prefilter.cidrs = [cidr("203.0.113.0/24"), cidr("192.0.2.0/24")].into();
+    let mut agent = start_with(&d, datapath, cluster);
+    assert_eq!(
+        agent.datapath().prefilter,
+        [cidr("192.0.2.0/24"), cidr("203.0.113.0/24")].into()
+    );
+    let changes: Vec<&String> = (agent.datapath().log.iter())
+        .filter(|l| l.contains("prefilter"))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "delete prefilter 198.18.0.0/15",
+            "put prefilter 203.0.113.0/24"
+        ],
+        "the prefix already in place is not rewritten"
+    );
+    let again = agent.reconcile();
+    assert_eq!((again.prefilter_puts, again.prefilter_deletes), (0, 0));
+    assert!(again.errors.is_empty(), "{:?}", again.errors);
+}
+
+#[test]
 fn start_programs_the_node_and_publishes_its_weftnode() {
     let dirs = dirs();
     let agent = start(&dirs, fake_datapath());

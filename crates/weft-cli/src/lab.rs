@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use weft_common::Reason;
 use weft_lab::{
     LabSpec, Topology,
     datapath::{inspect, start},
@@ -313,8 +312,8 @@ fn self_test(topology: &Topology) -> anyhow::Result<ExitCode> {
     println!("what the datapath counted during the test:");
     for (node, delta) in &report.deltas {
         for (key, value) in delta {
-            let verdict = if key.reason == Reason::Forwarded {
-                "forwarded".to_string()
+            let verdict = if !key.reason.is_drop() {
+                key.reason.name().to_string()
             } else {
                 format!("DROPPED ({})", key.reason.name())
             };

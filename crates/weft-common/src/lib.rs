@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod nat;
 pub mod net;
 pub mod node;
+pub mod prefilter;
 pub mod reason;
 
 pub use config::{CONFIG_TRACE_FLAG, DatapathConfig};
@@ -33,6 +34,7 @@ pub use lb::{
 pub use metrics::{MetricsKey, MetricsValue};
 pub use nat::{NatEntry4, NatKey4};
 pub use node::NodeConfig;
+pub use prefilter::PrefilterEntry;
 pub use reason::Reason;
 
 /// Names of the maps as they appear in the BPF object and under the node's pin directory.
@@ -51,9 +53,10 @@ pub mod maps {
     pub const LB4_MAGLEV: &str = "weft_lb4_maglev";
     pub const CT4: &str = "weft_ct4";
     pub const LB4_SOCK_REVNAT: &str = "weft_lb4_sock_revnat";
+    pub const PREFILTER4: &str = "weft_prefilter4";
 
     /// Every map of the object; all of them are pinned in the node's pin directory.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         EVENTS,
         METRICS,
         CONFIG,
@@ -68,6 +71,7 @@ pub mod maps {
         LB4_MAGLEV,
         CT4,
         LB4_SOCK_REVNAT,
+        PREFILTER4,
     ];
 }
 
@@ -124,6 +128,7 @@ impl_pod!(
     Lb4SockRevNat,
     CtKey4,
     CtEntry4,
+    PrefilterEntry,
 );
 
 #[cfg(test)]
@@ -146,7 +151,10 @@ mod tests {
         for &r in Reason::ALL {
             assert_eq!(Reason::from_name(r.name()), Some(r));
             assert_eq!(Reason::from_u8(r as u8), Some(r));
-            assert_eq!(r.is_drop(), r != Reason::Forwarded);
+            assert_eq!(
+                r.is_drop(),
+                !matches!(r, Reason::Forwarded | Reason::Transmitted)
+            );
         }
         assert_eq!(Reason::from_u8(63), None);
     }

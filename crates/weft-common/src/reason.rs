@@ -1,4 +1,5 @@
-//! Verdict reasons. `Forwarded` is the only non-drop; every other reason is a named drop, counted
+//! Verdict reasons. `Forwarded` and `Transmitted` (sent back out of the device it came in on, by
+//! XDP) are the non-drops; every other reason is a named drop, counted
 //! in the metrics map and reported as a drop event. Numbers are a stable format: never renumber,
 //! only append.
 
@@ -56,6 +57,8 @@ reasons! {
     BackendMissing = 22 => "service backend missing",
     NoLocalBackend = 23 => "no local service backend",
     BackendUnreachable = 24 => "service backend unreachable",
+    Prefiltered = 25 => "prefiltered",
+    Transmitted = 26 => "transmitted (XDP_TX)",
 }
 
 impl Reason {
@@ -64,7 +67,7 @@ impl Reason {
     pub const SLOTS: u32 = 64;
 
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Reason::Forwarded)
+        !matches!(self, Reason::Forwarded | Reason::Transmitted)
     }
 
     pub fn from_name(name: &str) -> Option<Reason> {
@@ -72,4 +75,4 @@ impl Reason {
     }
 }
 
-const _: () = assert!((Reason::BackendUnreachable as u32) < Reason::SLOTS);
+const _: () = assert!((Reason::Transmitted as u32) < Reason::SLOTS);

@@ -35,6 +35,7 @@ pub struct FakeDatapath {
     pub ct: BTreeMap<CtKey4, CtEntry4>,
     pub affinity: BTreeMap<Lb4AffinityKey, Lb4AffinityEntry>,
     pub snat: BTreeMap<NatKey4, NatEntry4>,
+    pub prefilter: BTreeSet<Ipv4Cidr>,
     /// Interfaces whose driver has no native XDP: attaching `xdp_entry` to them fails.
     pub without_native_xdp: BTreeSet<String>,
     /// Cgroups that exist: socket LB attaches only to these.
@@ -160,6 +161,28 @@ impl Datapath for FakeDatapath {
             entry.identity,
             std::net::Ipv4Addr::from(entry.tunnel_endpoint)
         ));
+        Ok(())
+    }
+
+    fn prefilter(&self) -> anyhow::Result<BTreeSet<Ipv4Cidr>> {
+        Ok(self.prefilter.clone())
+    }
+
+    fn put_prefilter(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()> {
+        if !self.prefilter.contains(&cidr)
+            && self.prefilter.len() >= weft_common::prefilter::PREFILTER_MAX as usize
+        {
+            bail!("weft_prefilter4 is full");
+        }
+        self.prefilter.insert(cidr);
+        self.log.push(format!("put prefilter {cidr}"));
+        Ok(())
+    }
+
+    fn delete_prefilter(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()> {
+        if self.prefilter.remove(&cidr) {
+            self.log.push(format!("delete prefilter {cidr}"));
+        }
         Ok(())
     }
 

@@ -91,6 +91,11 @@ pub trait Datapath {
     /// `weft_snat4`.
     fn snat_entries(&self) -> anyhow::Result<Vec<(NatKey4, NatEntry4)>>;
     fn delete_snat(&mut self, key: NatKey4) -> anyhow::Result<()>;
+    /// The denied source prefixes of `weft_prefilter4`.
+    fn prefilter(&self) -> anyhow::Result<BTreeSet<Ipv4Cidr>>;
+    fn put_prefilter(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()>;
+    /// Deleting an absent prefix succeeds.
+    fn delete_prefilter(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()>;
     /// The cgroup whose sockets socket LB translates, if it is attached.
     fn socket_lb(&self) -> anyhow::Result<Option<PathBuf>>;
     /// Attaches socket LB to `cgroup` (moving it from any other cgroup), or detaches it with

@@ -1,7 +1,11 @@
 //! Typed handles on the datapath's maps, taken from a freshly loaded object or opened from a
 //! node's pin directory.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -10,7 +14,7 @@ use aya::{
 };
 use weft_common::{
     DatapathConfig, EndpointInfo, EndpointKey, Event, IpcacheEntry, MetricsKey, MetricsValue,
-    NatEntry4, NatKey4, NodeConfig, maps as names,
+    NatEntry4, NatKey4, NodeConfig, PrefilterEntry, maps as names, prefilter::PREFILTER_DENY,
 };
 use weft_model::Ipv4Cidr;
 
@@ -25,6 +29,7 @@ pub struct DatapathMaps {
     ipcache: LpmTrie<MapData, [u8; 4], IpcacheEntry>,
     /// An LRU hash in the kernel; aya reads it through its `HashMap` type.
     snat: HashMap<MapData, NatKey4, NatEntry4>,
+    prefilter: LpmTrie<MapData, [u8; 4], PrefilterEntry>,
 }
 
 /// The maps of a node, untyped, in the order [`DatapathMaps::from_maps`] takes them.
@@ -36,6 +41,7 @@ struct RawMaps {
     endpoints: Map,
     ipcache: Map,
     snat: Map,
+    prefilter: Map,
 }
 
 impl RawMaps {
@@ -48,6 +54,7 @@ impl RawMaps {
             endpoints: get(names::ENDPOINTS)?,
             ipcache: get(names::IPCACHE4)?,
             snat: get(names::SNAT4)?,
+            prefilter: get(names::PREFILTER4)?,
         })
     }
 }
@@ -72,6 +79,7 @@ impl DatapathMaps {
             endpoints: HashMap::try_from(raw.endpoints).context(names::ENDPOINTS)?,
             ipcache: LpmTrie::try_from(raw.ipcache).context(names::IPCACHE4)?,
             snat: HashMap::try_from(raw.snat).context(names::SNAT4)?,
+            prefilter: LpmTrie::try_from(raw.prefilter).context(names::PREFILTER4)?,
         })
     }
 
@@ -168,6 +176,31 @@ impl DatapathMaps {
             .with_context(|| format!("deleting weft_ipcache4[{cidr}]"))
     }
 
+    /// The denied prefixes of `weft_prefilter4`.
+    pub fn prefilter(&self) -> anyhow::Result<BTreeSet<Ipv4Cidr>> {
+        let mut out = BTreeSet::new();
+        for entry in self.prefilter.keys() {
+            out.insert(cidr_of_key(&entry.context("reading weft_prefilter4")?)?);
+        }
+        Ok(out)
+    }
+
+    /// Denies the packets from `cidr` on the external device.
+    pub fn put_prefilter(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()> {
+        let entry = PrefilterEntry {
+            action: PREFILTER_DENY,
+        };
+        self.prefilter
+            .insert(&lpm_key(cidr), entry, 0)
+            .with_context(|| format!("writing weft_prefilter4[{cidr}]"))
+    }
+
+    /// Deleting an absent prefix succeeds.
+    pub fn delete_prefilter(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()> {
+        ignore_absent(self.prefilter.remove(&lpm_key(cidr)))
+            .with_context(|| format!("deleting weft_prefilter4[{cidr}]"))
+    }
+
     /// Writes a masquerade entry (the datapath makes them; tests and repairs may too).
     pub fn put_snat(&mut self, key: NatKey4, entry: NatEntry4) -> anyhow::Result<()> {
         self.snat
@@ -210,8 +243,8 @@ pub fn lpm_key(cidr: Ipv4Cidr) -> Key<[u8; 4]> {
 
 fn cidr_of_key(key: &Key<[u8; 4]>) -> anyhow::Result<Ipv4Cidr> {
     let prefix_len = u8::try_from(key.prefix_len())
-        .map_err(|_| anyhow!("weft_ipcache4 key has prefix length {}", key.prefix_len()))?;
-    Ipv4Cidr::new(Ipv4Addr::from(key.data()), prefix_len).context("weft_ipcache4 key")
+        .map_err(|_| anyhow!("LPM key with prefix length {}", key.prefix_len()))?;
+    Ipv4Cidr::new(Ipv4Addr::from(key.data()), prefix_len).context("LPM key")
 }
 
 pub(crate) fn ignore_absent(result: Result<(), MapError>) -> Result<(), MapError> {

@@ -275,6 +275,18 @@ impl Datapath for NodeDatapath {
         DatapathMaps::from_pins(&self.pin_dir)?.delete_ipcache(cidr)
     }
 
+    fn prefilter(&self) -> anyhow::Result<std::collections::BTreeSet<weft_model::Ipv4Cidr>> {
+        DatapathMaps::from_pins(&self.pin_dir)?.prefilter()
+    }
+
+    fn put_prefilter(&mut self, cidr: weft_model::Ipv4Cidr) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.put_prefilter(cidr)
+    }
+
+    fn delete_prefilter(&mut self, cidr: weft_model::Ipv4Cidr) -> anyhow::Result<()> {
+        DatapathMaps::from_pins(&self.pin_dir)?.delete_prefilter(cidr)
+    }
+
     fn lb_services(&self) -> anyhow::Result<BTreeMap<Lb4Key, Lb4Service>> {
         Ok(self.lb.services()?.into_iter().collect())
     }

@@ -68,6 +68,40 @@ impl TestHarness {
         self.run_timed(program, packet).map(|(outcome, _)| outcome)
     }
 
+    /// Runs the XDP program `program` once on `packet` as if it arrived on the interface
+    /// `ingress_ifindex` of the calling thread's network namespace (the namespace its helpers,
+    /// `bpf_fib_lookup` among them, then see).
+    pub fn run_xdp_on(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+        ingress_ifindex: u32,
+    ) -> anyhow::Result<RunOutcome> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let md: Vec<u8> = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            ..TestRunOptions::default()
+        };
+        let result = match self.ebpf.program_mut(program) {
+            Some(Program::Xdp(p)) => p.test_run(opts),
+            _ => return Err(anyhow!("no XDP program {program}")),
+        }
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {program} on ifindex {ingress_ifindex}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(RunOutcome {
+            verdict: result.return_value as i32,
+            packet: out,
+        })
+    }
+
     /// Runs `program` once on `packet`; also returns how long the run took by the kernel's
     /// clock (BPF_PROG_TEST_RUN's duration: the program, without the syscall around it).
     pub fn run_timed(

@@ -33,6 +33,7 @@ use weft_common::{
     node::NODE_MASQUERADE_FLAG,
     programs::{
         FROM_CONTAINER, FROM_NETDEV, SOCK_CONNECT4, SOCK_SENDMSG4, TO_CONTAINER, TO_NETDEV,
+        XDP_ENTRY,
     },
 };
 use weft_datapath::{
@@ -1028,9 +1029,323 @@ fn verifier_stats_of_the_hook_programs() {
         TO_NETDEV,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
+        XDP_ENTRY,
     ] {
         let (verified, insns) = h.verifier_stats(program).expect("stats");
         eprintln!("{program}: {verified} instructions verified, {insns} instructions");
         assert!(verified < 1_000_000, "{program} near the verifier's limit");
     }
+}
+
+// ---- The north-south path in XDP ----
+//
+// `xdp_entry` resolves the tunnel's next hop with `bpf_fib_lookup` in the namespace of the
+// device the frame arrived on. Each fixture runs on a thread of its own in a private network
+// namespace (`unshare`, gone with the thread: nothing to clean up): a veth `wxdp0` with this
+// node's address and MAC, and, where the fixture wants the XDP_TX path, a permanent neighbour
+// entry for the peer node. Without one the lookup answers NO_NEIGH and the packet goes to tc.
+
+const XDP_TX: i32 = 3;
+const XDP_PASS: i32 = weft_common::net::XDP_PASS as i32;
+const XDP_DROP: i32 = weft_common::net::XDP_DROP as i32;
+const PEER_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x02];
+const XDP_DEV: &str = "wxdp0";
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+fn ip(args: &str) {
+    let status = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .expect("ip runs");
+    assert!(status.success(), "ip {args}");
+}
+
+/// Runs `test` on a thread in a fresh network namespace holding `wxdp0` (this node's underlay
+/// device, forwarding on) and, with `neighbour`, the peer node's MAC; `test` gets the device's
+/// ifindex.
+fn in_underlay_netns(neighbour: bool, test: impl FnOnce(u32) + Send + 'static) {
+    std::thread::spawn(move || {
+        // SAFETY: unshare on the calling thread only; the namespace dies with the thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        ip(&format!(
+            "link add {XDP_DEV} address {} type veth peer name wxdp1",
+            mac_text(UNDERLAY_MAC)
+        ));
+        ip(&format!("link set {XDP_DEV} up"));
+        ip("link set wxdp1 up");
+        ip(&format!("addr add {NODE_IP}/24 dev {XDP_DEV}"));
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{XDP_DEV}/forwarding"), "1")
+            .expect("forwarding");
+        if neighbour {
+            add_peer_neighbour();
+        }
+        let name = std::ffi::CString::new(XDP_DEV).expect("name");
+        // SAFETY: a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0);
+        test(ifindex);
+    })
+    .join()
+    .expect("the fixture's thread");
+}
+
+fn add_peer_neighbour() {
+    ip(&format!(
+        "neigh replace {PEER_NODE_IP} lladdr {} dev {XDP_DEV} nud permanent",
+        mac_text(PEER_MAC)
+    ));
+}
+
+fn run_xdp(h: &mut TestHarness, ifindex: u32, packet: &[u8]) -> (i32, Vec<u8>) {
+    let out = h.run_xdp_on(XDP_ENTRY, packet, ifindex).expect("runs");
+    (out.verdict, out.packet)
+}
+
+/// The outer UDP source port XDP picks: the flow hash of the translated inner tuple.
+fn xdp_tunnel_sport(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> u16 {
+    0xC000 | (flow_hash(src.octets(), dst.octets(), sport, dport, IPPROTO_TCP) as u16 & 0x3FFF)
+}
+
+fn xdp_count(h: &TestHarness, reason: Reason) -> u64 {
+    let metrics = h.maps.metrics().expect("metrics");
+    (metrics.get(&MetricsKey {
+        hook: Hook::Xdp,
+        reason,
+    }))
+    .map_or(0, |v| v.packets)
+}
+
+#[test]
+fn xdp_nodeport_snat_to_a_remote_backend_leaves_by_xdp_tx() {
+    if !running_as_root("xdp_nodeport_snat_to_a_remote_backend_leaves_by_xdp_tx") {
+        return;
+    }
+    in_underlay_netns(true, |ifindex| {
+        let mut h = configured_node();
+        put_node_port(&mut h, 0, &[REMOTE_BACKEND]);
+        let inner = |flags| {
+            PacketBuilder::new()
+                .eth(ROUTER_MAC, UNDERLAY_MAC)
+                .ipv4(NODE_IP, REMOTE_POD)
+                .ttl(63)
+                .tcp(SNAT_PORT, TARGET_PORT, flags)
+                .build()
+        };
+        let sport = xdp_tunnel_sport(NODE_IP, SNAT_PORT, REMOTE_POD, TARGET_PORT);
+        for (n, flags) in [(1, TCP_SYN), (2, TCP_ACK)] {
+            let packet = from_client(NODE_IP, NODE_PORT, flags).build();
+            let (verdict, out) = run_xdp(&mut h, ifindex, &packet);
+            assert_eq!(verdict, XDP_TX, "packet {n}: back out of the device");
+            let want = geneve_frame(
+                (UNDERLAY_MAC, PEER_MAC),
+                NODE_IP,
+                PEER_NODE_IP,
+                sport,
+                &geneve_options(identity::HOST, None),
+                &inner(flags),
+            );
+            assert_eq!(
+                out, want,
+                "packet {n}: outer L2 from the neighbour table, DNAT + SNAT + TTL inside, \
+                 the node's identity"
+            );
+        }
+        assert_eq!(snat_rows(&h), snat_of_flow(REMOTE_POD), "the SNAT entries");
+        let service = ct_key(CLIENT, NODE_IP, CLIENT_PORT, NODE_PORT, CT_KIND_SERVICE);
+        let entry = ct_entry(&h, &service).expect("service entry");
+        assert_eq!(
+            (entry.backend_id, entry.packets_forward),
+            (REMOTE_BACKEND, 2)
+        );
+        let reply = ct_key(REMOTE_POD, CLIENT, TARGET_PORT, CLIENT_PORT, CT_KIND_REPLY);
+        assert!(
+            ct_entry(&h, &reply).is_some(),
+            "SNAT: replies pass this node"
+        );
+        assert_eq!(xdp_count(&h, Reason::Transmitted), 2);
+        assert_eq!(xdp_count(&h, Reason::Forwarded), 0);
+    });
+}
+
+#[test]
+fn xdp_dsr_carries_the_option_on_the_syn_only() {
+    if !running_as_root("xdp_dsr_carries_the_option_on_the_syn_only") {
+        return;
+    }
+    in_underlay_netns(true, |ifindex| {
+        let mut h = configured_node();
+        put_node_port(&mut h, SVC_FLAG_DSR, &[REMOTE_BACKEND]);
+        let sport = xdp_tunnel_sport(CLIENT, CLIENT_PORT, REMOTE_POD, TARGET_PORT);
+        for (flags, dsr, grows) in [
+            (TCP_SYN, Some((NODE_IP, NODE_PORT)), 70),
+            (TCP_ACK, None, 58),
+        ] {
+            let packet = from_client(NODE_IP, NODE_PORT, flags).build();
+            let (verdict, out) = run_xdp(&mut h, ifindex, &packet);
+            assert_eq!(verdict, XDP_TX);
+            let inner = PacketBuilder::new()
+                .eth(ROUTER_MAC, UNDERLAY_MAC)
+                .ipv4(CLIENT, REMOTE_POD)
+                .ttl(63)
+                .tcp(CLIENT_PORT, TARGET_PORT, flags)
+                .build();
+            let want = geneve_frame(
+                (UNDERLAY_MAC, PEER_MAC),
+                NODE_IP,
+                PEER_NODE_IP,
+                sport,
+                &geneve_options(identity::WORLD, dsr),
+                &inner,
+            );
+            assert_eq!(out.len(), packet.len() + grows);
+            assert_eq!(
+                out, want,
+                "flags {flags:#x}: DNAT only, the client's address kept"
+            );
+        }
+        let syn = from_client(NODE_IP, NODE_PORT, TCP_SYN).build();
+        let (_, out) = run_xdp(&mut h, ifindex, &syn);
+        assert_eq!(
+            &out[58..70],
+            &[0x01, 0x4b, 0x02, 0x02, 198, 51, 100, 1, 0x75, 0x80, 0, 0][..],
+            "a retransmitted SYN carries the option again: class 0x014B, type 2, 2 words, \
+             frontend 198.51.100.1:30080"
+        );
+        assert!(snat_rows(&h).is_empty(), "no SNAT");
+        let reply = ct_key(REMOTE_POD, CLIENT, TARGET_PORT, CLIENT_PORT, CT_KIND_REPLY);
+        assert_eq!(ct_entry(&h, &reply), None, "replies do not pass this node");
+    });
+}
+
+#[test]
+fn xdp_without_a_neighbour_leaves_the_flow_to_tc_which_records_it_once() {
+    if !running_as_root("xdp_without_a_neighbour_leaves_the_flow_to_tc_which_records_it_once") {
+        return;
+    }
+    in_underlay_netns(false, |ifindex| {
+        let mut h = configured_node();
+        put_node_port(&mut h, 0, &[REMOTE_BACKEND]);
+        let syn = from_client(NODE_IP, NODE_PORT, TCP_SYN).build();
+        let (verdict, out) = run_xdp(&mut h, ifindex, &syn);
+        assert_eq!(
+            (verdict, &out),
+            (XDP_PASS, &syn),
+            "NO_NEIGH: to tc unchanged"
+        );
+        assert!(h.lb.ct().expect("ct").is_empty(), "XDP recorded nothing");
+        assert!(snat_rows(&h).is_empty(), "XDP claimed no port");
+
+        // tc gets the same packet: it decides, with redirect_neigh.
+        let (verdict, _) = run(&mut h, FROM_NETDEV, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let service = ct_key(CLIENT, NODE_IP, CLIENT_PORT, NODE_PORT, CT_KIND_SERVICE);
+        let entry = ct_entry(&h, &service).expect("service entry");
+        assert_eq!(
+            (entry.backend_id, entry.packets_forward),
+            (REMOTE_BACKEND, 1)
+        );
+
+        // Once the neighbour is known, XDP carries the flow tc opened: same entry, same port.
+        add_peer_neighbour();
+        let ack = from_client(NODE_IP, NODE_PORT, TCP_ACK).build();
+        let (verdict, out) = run_xdp(&mut h, ifindex, &ack);
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(&out[0..12], &[PEER_MAC, UNDERLAY_MAC].concat()[..]);
+        let entry = ct_entry(&h, &service).expect("service entry");
+        assert_eq!(
+            (entry.backend_id, entry.packets_forward),
+            (REMOTE_BACKEND, 2)
+        );
+        assert_eq!(
+            snat_rows(&h),
+            snat_of_flow(REMOTE_POD),
+            "tc's SNAT port, reused"
+        );
+        assert_eq!(
+            h.lb.ct().expect("ct").len(),
+            2,
+            "one flow: service and reply entry"
+        );
+    });
+}
+
+#[test]
+fn xdp_passes_a_local_backend_to_tc_which_finds_the_same_conntrack_entry() {
+    if !running_as_root("xdp_passes_a_local_backend_to_tc_which_finds_the_same_conntrack_entry") {
+        return;
+    }
+    in_underlay_netns(true, |ifindex| {
+        let mut h = configured_node();
+        put_node_port(&mut h, 0, &[LOCAL_BACKEND]);
+        let service = ct_key(CLIENT, NODE_IP, CLIENT_PORT, NODE_PORT, CT_KIND_SERVICE);
+        for (n, flags) in [(1, TCP_SYN), (2, TCP_ACK)] {
+            let packet = from_client(NODE_IP, NODE_PORT, flags).build();
+            let (verdict, out) = run_xdp(&mut h, ifindex, &packet);
+            assert_eq!((verdict, &out), (XDP_PASS, &packet), "packet {n}: to tc");
+            let before = ct_entry(&h, &service).map(|e| e.packets_forward);
+            assert_eq!(before, (n > 1).then_some(n - 1), "XDP counted nothing");
+            let (verdict, out) = run(&mut h, FROM_NETDEV, &out);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "packet {n}: into the pod");
+            assert_eq!(
+                out,
+                to_pod(CLIENT, CLIENT_PORT, TARGET_PORT, flags).build(),
+                "packet {n}: the client's address kept for a local backend"
+            );
+            let entry = ct_entry(&h, &service).expect("service entry");
+            assert_eq!(
+                (entry.backend_id, entry.packets_forward),
+                (LOCAL_BACKEND, n)
+            );
+        }
+        assert!(snat_rows(&h).is_empty(), "no SNAT for a local backend");
+        assert_eq!(
+            xdp_count(&h, Reason::Forwarded),
+            2,
+            "passed, counted as forwarded"
+        );
+    });
+}
+
+#[test]
+fn the_prefilter_drops_in_xdp_and_in_tc() {
+    if !running_as_root("the_prefilter_drops_in_xdp_and_in_tc") {
+        return;
+    }
+    let mut h = configured_node();
+    put_node_port(&mut h, 0, &[LOCAL_BACKEND]);
+    h.maps
+        .put_prefilter(cidr("203.0.113.0/24"))
+        .expect("prefilter");
+    assert_eq!(
+        h.maps.prefilter().expect("read back"),
+        [cidr("203.0.113.0/24")].into()
+    );
+    let syn = from_client(NODE_IP, NODE_PORT, TCP_SYN).build();
+    let (verdict, out) = run(&mut h, XDP_ENTRY, &syn);
+    assert_eq!((verdict, &out), (XDP_DROP, &syn));
+    assert_dropped(&mut h, Hook::Xdp, Reason::Prefiltered);
+    // Without acceleration tc applies the same list.
+    let (verdict, _) = run(&mut h, FROM_NETDEV, &syn);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_dropped(&mut h, Hook::FromNetdev, Reason::Prefiltered);
+    assert!(h.lb.ct().expect("ct").is_empty(), "no flow opened");
+    // Another source is not filtered (the NodePort's local backend: XDP passes it to tc).
+    let other = PacketBuilder::new()
+        .eth(ROUTER_MAC, UNDERLAY_MAC)
+        .ipv4(Ipv4Addr::new(198, 18, 0, 1), NODE_IP)
+        .tcp(CLIENT_PORT, NODE_PORT, TCP_SYN)
+        .build();
+    let (verdict, _) = run(&mut h, XDP_ENTRY, &other);
+    assert_eq!(verdict, XDP_PASS);
+    h.maps
+        .delete_prefilter(cidr("203.0.113.0/24"))
+        .expect("delete");
+    let (verdict, _) = run(&mut h, XDP_ENTRY, &syn);
+    assert_eq!(
+        verdict, XDP_PASS,
+        "the prefix removed, the client passes again"
+    );
 }

@@ -61,7 +61,7 @@ struct IdentityOpt {
 /// The outer headers up to and including the identity option.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct TunnelHdr {
+pub struct TunnelHdr {
     ip: Ipv4Hdr,
     udp: UdpHdr,
     geneve: GeneveHdr,
@@ -153,10 +153,10 @@ fn frame(ctx: &TcContext) -> Result<(EthHdr, usize, u32), Reason> {
     Ok((inner_eth, frame_len, hash))
 }
 
-/// The outer headers of a frame of `frame_len` bytes with `extra_opts` bytes of options after
+/// The outer headers (after the outer Ethernet header) of a frame of `frame_len` bytes with `extra_opts` bytes of options after
 /// the identity option.
 #[inline(always)]
-fn tunnel_header(
+pub fn tunnel_header(
     node: &NodeConfig,
     tunnel_endpoint: [u8; 4],
     identity: u32,
@@ -193,7 +193,7 @@ fn tunnel_header(
 /// The flow hash spread over the ephemeral range, so the underlay can balance tunnel traffic
 /// per flow (RFC 8926 §3.3).
 #[inline(always)]
-fn source_port(hash: u32) -> u16 {
+pub fn source_port(hash: u32) -> u16 {
     0xC000 | (hash as u16 & 0x3FFF)
 }
 

@@ -110,20 +110,36 @@ pub struct Opening {
     pub with_reply: bool,
 }
 
+/// The asking hook takes a flow to its backend: what a new flow records, and what the hook
+/// learned of the way to the backend (`route`) and carries on with.
+pub struct Admit<R> {
+    pub opening: Opening,
+    pub route: R,
+}
+
 /// The backend of the packet's flow to `fe`: conntrack's for an existing flow, else a new
-/// selection, recorded with what `opening` says of it (an error refuses the backend: nothing
-/// is recorded). Reads headers and maps only.
+/// selection. `admit` sees the backend before anything is recorded: an error refuses it, `None`
+/// leaves the flow to another hook (nothing recorded, nothing counted: that hook finds the
+/// flow as it was, and a selection made here is not kept unless affinity remembered it).
+/// Otherwise the flow is advanced or recorded with what `admit` says of it. Reads headers and
+/// maps only.
 #[inline(always)]
-pub fn flow(
+pub fn flow<R>(
     h: &Headers,
     fe: &Frontend,
-    opening: impl FnOnce(&Lb4Backend) -> Result<Opening, Reason>,
-) -> Result<Flow, Reason> {
+    admit: impl FnOnce(&Lb4Backend) -> Result<Option<Admit<R>>, Reason>,
+) -> Result<Option<(Flow, R)>, Reason> {
     let now = ct::now_s();
     let service = ct::service_key(h);
     match established(&service, h, now) {
-        Some(flow) => Ok(flow),
-        None => open_flow(&service, h, fe, now, opening),
+        Some(existing) => {
+            let Some(admitted) = admit(&existing.flow.backend)? else {
+                return Ok(None);
+            };
+            advance(&service, &existing, now);
+            Ok(Some((existing.flow, admitted.route)))
+        }
+        None => open_flow(&service, h, fe, now, admit),
     }
 }
 
@@ -131,16 +147,23 @@ pub fn flow(
 #[inline(always)]
 pub fn to_backend(ctx: &TcContext, h: &mut Headers, fe: &Frontend) -> Result<(), Reason> {
     let client = h.src_v4();
-    let flow = flow(h, fe, |backend| {
-        Ok(Opening {
-            flags: if backend.address == client {
-                CT_FLAG_LOOPBACK
-            } else {
-                0
+    let taken = flow(h, fe, |backend| {
+        let flags = if backend.address == client {
+            CT_FLAG_LOOPBACK
+        } else {
+            0
+        };
+        Ok(Some(Admit {
+            opening: Opening {
+                flags,
+                with_reply: true,
             },
-            with_reply: true,
-        })
+            route: (),
+        }))
     })?;
+    let Some((flow, ())) = taken else {
+        return Err(Reason::BackendMissing);
+    };
     dnat(ctx, h, &flow.backend)?;
     if flow.flags & CT_FLAG_LOOPBACK != 0 {
         let l4_off = h.l4_off as usize;
@@ -157,11 +180,18 @@ pub fn to_backend(ctx: &TcContext, h: &mut Headers, fe: &Frontend) -> Result<(),
     Ok(())
 }
 
-/// The flow an existing service entry holds, with its state advanced. `None` for a new flow,
-/// a flow whose ports are reused after it closed, or a flow whose backend is gone (it is given
-/// a new one: a UDP flow survives its server being replaced).
+/// An existing flow as its service entry holds it, and the state the packet moves it to.
+struct Existing {
+    entry: *mut weft_common::CtEntry4,
+    up: weft_common::ct::CtUpdate,
+    flow: Flow,
+}
+
+/// The flow an existing service entry holds, nothing changed yet. `None` for a new flow, a
+/// flow whose ports are reused after it closed, or a flow whose backend is gone (it is given a
+/// new one: a UDP flow survives its server being replaced).
 #[inline(always)]
-fn established(service: &CtKey4, h: &Headers, now: u32) -> Option<Flow> {
+fn established(service: &CtKey4, h: &Headers, now: u32) -> Option<Existing> {
     let entry = ct::live(service, now)?;
     let up = ct::next_state(entry, h, CtDirection::Forward);
     if up.reopens {
@@ -170,50 +200,64 @@ fn established(service: &CtKey4, h: &Headers, now: u32) -> Option<Flow> {
     // SAFETY: a live map value.
     let (id, flags) = unsafe { ((*entry).backend_id, (*entry).flags) };
     let backend = backend(id)?;
-    ct::apply(entry, &up, now, CtDirection::Forward);
-    if let Some(reply) = ct::live(&reply_key_of(service, &backend, flags), now) {
-        ct::apply(reply, &up, now, CtDirection::Forward);
-    }
-    Some(Flow {
-        backend,
-        flags,
-        opened: false,
+    Some(Existing {
+        entry,
+        up,
+        flow: Flow {
+            backend,
+            flags,
+            opened: false,
+        },
     })
 }
 
-/// Selects a backend for a new flow and records the flow.
+/// Records the packet in an existing flow's entries.
 #[inline(always)]
-fn open_flow(
+fn advance(service: &CtKey4, existing: &Existing, now: u32) {
+    let flow = &existing.flow;
+    ct::apply(existing.entry, &existing.up, now, CtDirection::Forward);
+    if let Some(reply) = ct::live(&reply_key_of(service, &flow.backend, flow.flags), now) {
+        ct::apply(reply, &existing.up, now, CtDirection::Forward);
+    }
+}
+
+/// Selects a backend for a new flow and records the flow, unless `admit` refuses it or leaves
+/// it to another hook.
+#[inline(always)]
+fn open_flow<R>(
     service: &CtKey4,
     h: &Headers,
     fe: &Frontend,
     now: u32,
-    opening: impl FnOnce(&Lb4Backend) -> Result<Opening, Reason>,
-) -> Result<Flow, Reason> {
+    admit: impl FnOnce(&Lb4Backend) -> Result<Option<Admit<R>>, Reason>,
+) -> Result<Option<(Flow, R)>, Reason> {
     if fe.svc.count == 0 {
         return Err(Reason::NoServiceBackend);
     }
     let id = select(service, fe, now);
     let backend = backend(id).ok_or(Reason::BackendMissing)?;
-    let how = opening(&backend)?;
+    let Some(Admit { opening, route }) = admit(&backend)? else {
+        return Ok(None);
+    };
     let mut up = ct_update(
         0,
         h.l4_proto == IPPROTO_TCP,
         h.tcp_flags,
         CtDirection::Forward,
     );
-    up.flags |= how.flags;
+    up.flags |= opening.flags;
     let frontend = (service.daddr, service.dport);
     let entry = ct::entry(id, fe.svc.rev_nat_index, frontend, &up, now);
-    if how.with_reply {
+    if opening.with_reply {
         ct::put(&reply_key_of(service, &backend, up.flags), &entry)?;
     }
     ct::put(service, &entry)?;
-    Ok(Flow {
+    let flow = Flow {
         backend,
         flags: up.flags,
         opened: true,
-    })
+    };
+    Ok(Some((flow, route)))
 }
 
 /// The reply entry's key of the flow `service` once translated to `backend`: the backend

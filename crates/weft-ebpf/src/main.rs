@@ -19,10 +19,12 @@ mod nodeport;
 mod observe;
 mod packet;
 mod parse;
+mod prefilter;
 mod reject;
 mod skb;
 mod sock;
 mod verdict;
+mod xdp;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use weft_common::{
     CtEntry4, CtKey4, DatapathConfig, EndpointInfo, EndpointKey, IpcacheEntry, Lb4AffinityEntry,
     Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, Lb4SockKey, Lb4SockRevNat,
-    MetricsKey, MetricsValue, NatEntry4, NatKey4, NodeConfig,
+    MetricsKey, MetricsValue, NatEntry4, NatKey4, NodeConfig, PrefilterEntry,
     ct::CT4_MAX,
     endpoint::ENDPOINTS_MAX,
     ipcache::IPCACHE_MAX,
@@ -18,6 +18,7 @@ use weft_common::{
         LB4_AFFINITY_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_SERVICES_MAX, LB4_SOCK_REVNAT_MAX,
     },
     nat::SNAT_MAX,
+    prefilter::PREFILTER_MAX,
 };
 
 /// Drop and trace events for `weft observe`.
@@ -46,6 +47,11 @@ pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
 #[map(name = "weft_ipcache4")]
 pub static IPCACHE4: LpmTrie<[u8; 4], IpcacheEntry> =
     LpmTrie::with_max_entries(IPCACHE_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Source prefixes dropped first thing on the external device.
+#[map(name = "weft_prefilter4")]
+pub static PREFILTER4: LpmTrie<[u8; 4], PrefilterEntry> =
+    LpmTrie::with_max_entries(PREFILTER_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Masquerade translations, both directions.
 #[map(name = "weft_snat4")]

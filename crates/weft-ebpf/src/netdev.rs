@@ -1,6 +1,7 @@
 //! The node's external device.
-//! - XDP: only malformed headers are dropped this early (the node's stack still needs whatever
-//!   L3 it speaks); the north-south service path and the prefilter join here later.
+//! - XDP (`xdp`): the prefilter, then the north-south service path for flows whose backend is
+//!   behind another node (the same decision as tc, see `nodeport`); malformed headers are
+//!   dropped; everything else goes on to tc.
 //! - tc ingress (`from_netdev`): Geneve from other nodes is decapsulated and delivered to the
 //!   pod (recording DSR flows, see `dsr`) or, addressed to the node, handed to its stack unless
 //!   it is the reply of a north-south flow this node SNATed (sent back to the client); packets
@@ -10,7 +11,7 @@
 //!   address; traffic the stack routes to a pod of another node is encapsulated.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::XDP_PASS,
     programs::{TcContext, XdpContext},
 };
 use weft_common::{
@@ -18,10 +19,13 @@ use weft_common::{
 };
 
 use crate::{
-    dsr, geneve, lb, lookup, nat, nodeport, observe,
+    dsr, geneve, lb, lookup, nat,
+    nodeport::{self, Decision},
+    observe,
     parse::{self, Headers},
-    skb,
+    prefilter, skb,
     verdict::{StageResult, Verdict, settle},
+    xdp,
 };
 
 #[inline(always)]
@@ -30,15 +34,12 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
         return XDP_PASS;
     };
     let verdict = match parse::headers(ctx, h) {
+        Ok(()) => settle(xdp::ingress(ctx, h)),
         Err(reason) if reason != Reason::UnsupportedL3 => Verdict::drop(reason),
-        _ => Verdict::pass(),
+        Err(_) => Verdict::pass(),
     };
     observe::account(ctx, Hook::Xdp, h, &verdict);
-    if verdict.reason.is_drop() {
-        XDP_DROP
-    } else {
-        XDP_PASS
-    }
+    xdp::action(&verdict)
 }
 
 #[inline(always)]
@@ -74,10 +75,12 @@ fn on_netdev(
 /// On success `h` becomes the headers of what is delivered (the inner packet of a tunnel).
 #[inline(always)]
 fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
+    prefilter::check(h)?;
     if geneve::is_geneve_to(h, node) {
         return tunneled(ctx, h, node);
     }
-    if let Some(plan) = nodeport::plan(h, node)? {
+    // tc carries out every delivery.
+    if let Decision::Forward(plan, ()) = nodeport::plan(h, node, |_| Some(()))? {
         return nodeport::forward(ctx, h, node, &plan);
     }
     if let Some(pod) = nat::reverse_snat(ctx, h, node)? {

@@ -15,8 +15,11 @@
 //! north-south reply leaves through the external device by `bpf_redirect_neigh` ([`leave`]):
 //! the node's stack would need forwarding enabled and could masquerade or filter it.
 //!
-//! [`plan`] reads headers and maps only (the XDP path is to reuse it); [`forward`] writes it
-//! into the tc packet.
+//! [`plan`] reads headers and maps only and is the one decision for both hooks: `xdp_entry`
+//! (`xdp`) and `from_netdev` ask it the same way, each saying which deliveries it can carry
+//! out; a flow the asking hook cannot carry (XDP: a local backend, or a next hop it cannot
+//! resolve) is left untouched for tc, which then finds conntrack as it was. [`forward`] writes
+//! a plan into the tc packet, `xdp::forward` into the XDP frame.
 
 use aya_ebpf::programs::TcContext;
 use weft_common::{
@@ -29,7 +32,7 @@ use weft_common::{
 
 use crate::{
     geneve,
-    lb::{self, Opening},
+    lb::{self, Admit, Opening},
     lookup, nat,
     parse::Headers,
     skb,
@@ -59,29 +62,54 @@ pub struct Plan {
     pub identity: u32,
 }
 
-/// The plan for a packet from outside the cluster, `None` when it is not addressed to a
-/// north-south frontend. Opens the flow (conntrack, SNAT port) when it is new.
+/// What a hook does with a packet from outside the cluster.
+pub enum Decision<N> {
+    /// Not addressed to a north-south frontend.
+    NotService,
+    /// Addressed to one, but its flow's backend is not one this hook reaches: left to the next
+    /// hook with nothing recorded.
+    Handoff,
+    /// Forwarded by this hook: the plan, and the next hop the hook found for it.
+    Forward(Plan, N),
+}
+
+/// The decision for a packet from outside the cluster. `next_hop` says whether the asking hook
+/// carries a delivery out (and how: `N`); when it does, the flow is opened or advanced
+/// (conntrack, SNAT port) and the plan returned.
 #[inline(always)]
-pub fn plan(h: &Headers, node: &NodeConfig) -> Result<Option<Plan>, Reason> {
+pub fn plan<N>(
+    h: &Headers,
+    node: &NodeConfig,
+    next_hop: impl FnOnce(&Delivery) -> Option<N>,
+) -> Result<Decision<N>, Reason> {
     let Some(fe) = lb::north_south_frontend(h) else {
-        return Ok(None);
+        return Ok(Decision::NotService);
     };
     let dsr = fe.svc.flags & SVC_FLAG_DSR != 0;
     let ext_local = fe.svc.flags & SVC_FLAG_EXT_LOCAL != 0;
-    let flow = lb::flow(h, &fe, |backend| {
-        let local = matches!(delivery(backend)?, Delivery::Local(_));
+    let taken = lb::flow(h, &fe, |backend| {
+        let delivery = delivery(backend)?;
+        let Some(hop) = next_hop(&delivery) else {
+            return Ok(None);
+        };
+        let local = matches!(delivery, Delivery::Local(_));
         let with_reply = !dsr || local;
         let one_way = if with_reply { 0 } else { CT_FLAG_ONE_WAY };
-        Ok(Opening {
-            flags: CT_FLAG_NORTH_SOUTH | one_way,
-            with_reply,
-        })
+        Ok(Some(Admit {
+            opening: Opening {
+                flags: CT_FLAG_NORTH_SOUTH | one_way,
+                with_reply,
+            },
+            route: (delivery, hop),
+        }))
     })
     .map_err(|reason| match reason {
         Reason::NoServiceBackend if ext_local => Reason::NoLocalBackend,
         other => other,
     })?;
-    let delivery = delivery(&flow.backend)?;
+    let Some((flow, (delivery, hop))) = taken else {
+        return Ok(Decision::Handoff);
+    };
     let remote = matches!(delivery, Delivery::Tunnel(_));
     // A local backend keeps the client address (as in Cilium): its reply passes this node
     // anyway, so nothing forces it back through here. The volatile read keeps the compiler
@@ -100,7 +128,7 @@ pub fn plan(h: &Headers, node: &NodeConfig) -> Result<Option<Plan>, Reason> {
     } else {
         None
     };
-    Ok(Some(Plan {
+    let plan = Plan {
         backend: flow.backend,
         snat_port,
         delivery,
@@ -110,7 +138,8 @@ pub fn plan(h: &Headers, node: &NodeConfig) -> Result<Option<Plan>, Reason> {
         } else {
             identity::WORLD
         },
-    }))
+    };
+    Ok(Decision::Forward(plan, hop))
 }
 
 /// Whether the packet opens its flow for the backend's node: a TCP SYN (every one: a lost SYN

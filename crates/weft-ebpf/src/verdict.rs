@@ -27,6 +27,16 @@ impl Verdict {
         }
     }
 
+    /// Sent back out of the device it came in on (XDP_TX).
+    #[inline(always)]
+    pub const fn transmitted() -> Verdict {
+        Verdict {
+            action: TC_ACT_OK,
+            reason: Reason::Transmitted,
+            identity: 0,
+        }
+    }
+
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Verdict {
         Verdict {

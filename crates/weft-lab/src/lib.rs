@@ -29,6 +29,7 @@ pub mod testing;
 pub mod topology;
 pub mod traffic;
 pub mod wiring;
+mod xdp_peer;
 
 pub use exec::{command_in, exec};
 pub use lifecycle::{DownReport, down, leftovers, load, state_file, up};

@@ -116,6 +116,8 @@ fn build(t: &Topology) -> anyhow::Result<()> {
         ip::batch(Some(&batch.netns), &batch.commands, false)
             .with_context(|| format!("wiring netns {}", batch.netns))?;
     }
+    crate::xdp_peer::attach_to_router_ports(t).context("XDP on the router's node ports")?;
+    crate::xdp_peer::client_checksums_in_software(t).context("the client's checksums")?;
     write_state(t).context("writing the state file")
 }
 

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use weft_common::{Hook, MetricsKey, Reason};
 use weft_lab::{
     leftovers,
     netns::run_in,
@@ -203,5 +204,69 @@ spec:
     let seen: SocketAddr = seen.trim().parse().expect("an address");
     assert_eq!(stream.peer_addr().expect("peer"), SocketAddr::V4(via_vps1));
     assert_eq!(seen.ip().to_string(), "169.254.42.1", "hairpin source");
+    take_down(cluster);
+}
+
+/// Packets of `node`'s XDP hook counted under `reason`.
+fn xdp_packets(node: &weft_lab::NodeSpec, reason: Reason) -> u64 {
+    let view = weft_lab::datapath::inspect(node).expect("inspect the datapath");
+    view.metrics
+        .get(&MetricsKey {
+            hook: Hook::Xdp,
+            reason,
+        })
+        .map_or(0, |v| v.packets)
+}
+
+#[test]
+fn with_native_acceleration_xdp_carries_the_flow_to_a_remote_backend() {
+    if !running_as_root("with_native_acceleration_xdp_carries_the_flow_to_a_remote_backend") {
+        return;
+    }
+    let cluster = seed_cluster("xdptx", SEED_VALUES);
+    let lab = &cluster.lab;
+    let (vps1, vps2) = (
+        lab.node("vps1").expect("vps1"),
+        lab.node("vps2").expect("vps2"),
+    );
+    // vps2 has no backend: its XDP program wraps the client's packets for vps1.
+    let entry = SocketAddrV4::new(vps2.underlay_ip, SERVICE_PORT);
+    seed::wait_for_service(lab, entry).expect("the service answers");
+    let before = xdp_packets(vps2, Reason::Transmitted);
+    for _ in 0..5 {
+        assert_eq!(
+            seed::fetch(lab, entry).expect("via vps2").ip(),
+            lab.client.ip,
+            "DSR: the backend sees the client"
+        );
+    }
+    let after = xdp_packets(vps2, Reason::Transmitted);
+    assert!(
+        after >= before + 5 * 3,
+        "vps2's XDP_TX counter: {before} -> {after} (each request sends at least 3 packets)"
+    );
+    // The reply still comes straight from vps1.
+    let check = seed::check(lab, "xdp", entry, vps1, vps2).expect("check");
+    assert!(check.passed(lab.client.ip), "{check:?}");
+    take_down(cluster);
+}
+
+#[test]
+fn the_prefilter_drops_the_clients_packets_and_counts_them() {
+    if !running_as_root("the_prefilter_drops_the_clients_packets_and_counts_them") {
+        return;
+    }
+    let values = format!("{SEED_VALUES}prefilter:\n  cidrs: [203.0.113.0/24]\n");
+    let cluster = seed_cluster("prefl", &values);
+    let lab = &cluster.lab;
+    let vps2 = lab.node("vps2").expect("vps2");
+    let entry = SocketAddrV4::new(vps2.underlay_ip, SERVICE_PORT);
+    assert!(
+        seed::fetch(lab, entry).is_err(),
+        "the client is inside a prefiltered prefix"
+    );
+    let dropped = xdp_packets(vps2, Reason::Prefiltered);
+    assert!(dropped > 0, "vps2 counted the client's SYNs as prefiltered");
+    assert_eq!(xdp_packets(vps2, Reason::Transmitted), 0);
     take_down(cluster);
 }

@@ -22,6 +22,7 @@ pub struct ClusterConfig {
     pub kube_proxy_replacement: KubeProxyReplacement,
     pub routing_mode: RoutingMode,
     pub tunnel_protocol: TunnelProtocol,
+    pub prefilter: PrefilterConfig,
 }
 
 /// `kubeProxyReplacement`: `true` (also the string `"true"`, as Helm often quotes it).
@@ -375,6 +376,48 @@ impl ClusterConfig {
     }
 }
 
+/// `prefilter`: source prefixes every node's external device drops before anything else (in
+/// XDP with `loadBalancer.acceleration`, in tc otherwise), counted as `prefiltered`. A Weft key:
+/// Cilium fills its prefilter with a CLI (`cilium prefilter update`), not a Helm value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawPrefilter")]
+pub struct PrefilterConfig {
+    pub cidrs: std::collections::BTreeSet<Ipv4Cidr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefilter {
+    #[serde(default)]
+    cidrs: Vec<Ipv4Cidr>,
+}
+
+impl TryFrom<RawPrefilter> for PrefilterConfig {
+    type Error = String;
+
+    fn try_from(raw: RawPrefilter) -> Result<Self, String> {
+        let mut cidrs = std::collections::BTreeSet::new();
+        for cidr in raw.cidrs {
+            if cidr.prefix_len() == 0 {
+                return Err(format!(
+                    "prefilter.cidrs: {cidr} would drop everything the node receives"
+                ));
+            }
+            if !cidrs.insert(cidr) {
+                return Err(format!("prefilter.cidrs: {cidr} is listed twice"));
+            }
+        }
+        let max = weft_common::prefilter::PREFILTER_MAX as usize;
+        if cidrs.len() > max {
+            return Err(format!(
+                "prefilter.cidrs: {} prefixes, the datapath holds {max}",
+                cidrs.len()
+            ));
+        }
+        Ok(PrefilterConfig { cidrs })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct IpamConfig {
@@ -411,6 +454,7 @@ impl Default for ClusterConfig {
             kube_proxy_replacement: KubeProxyReplacement,
             routing_mode: RoutingMode::default(),
             tunnel_protocol: TunnelProtocol::default(),
+            prefilter: PrefilterConfig::default(),
         }
     }
 }
@@ -437,6 +481,33 @@ impl Default for IpamOperatorConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefilter_cidrs_are_read_and_refused_when_they_cannot_be_meant() {
+        let c = ClusterConfig::from_yaml("").unwrap();
+        assert!(
+            c.prefilter.cidrs.is_empty(),
+            "nothing is prefiltered by default"
+        );
+        let c = ClusterConfig::from_yaml(
+            "prefilter:\n  cidrs: [203.0.113.0/24, 198.18.0.0/15, 192.0.2.7/32]\n",
+        )
+        .unwrap();
+        let got: Vec<String> = c.prefilter.cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(got, ["192.0.2.7/32", "198.18.0.0/15", "203.0.113.0/24"]);
+        let empty = ClusterConfig::from_yaml("prefilter: {}").unwrap();
+        assert!(empty.prefilter.cidrs.is_empty());
+        for (bad, why) in [
+            ("prefilter: {cidrs: [203.0.113.4/24]}", "host bits"),
+            ("prefilter: {cidrs: [0.0.0.0/0]}", "drop everything"),
+            ("prefilter: {cidrs: [10.0.0.0/8, 10.0.0.0/8]}", "twice"),
+            ("prefilter: {cidr: [10.0.0.0/8]}", "unknown field"),
+            ("prefilter: {cidrs: [not-a-cidr]}", "not-a-cidr"),
+        ] {
+            let err = ClusterConfig::from_yaml(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
     use super::*;
 
     #[test]
