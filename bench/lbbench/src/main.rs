@@ -113,8 +113,10 @@ fn run_testrun(services: &[u32], samples: u32, batch: u32) -> anyhow::Result<()>
 }
 
 fn run_northsouth(samples: u32, batch: u32) -> anyhow::Result<()> {
-    let mut harness = northsouth::harness()?;
-    let kinds = northsouth::measure(&mut harness, samples, batch)?;
+    let kinds = northsouth::in_underlay(move |ifindex| {
+        let mut harness = northsouth::harness(ifindex)?;
+        northsouth::measure(&mut harness, ifindex, samples, batch)
+    })?;
     println!(
         "{}",
         json!({"samples": samples, "batch": batch, "maglev_size": northsouth::MAGLEV_SIZE,

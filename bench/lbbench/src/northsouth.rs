@@ -149,12 +149,67 @@ fn data(client: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
         .build()
 }
 
-/// The entry node with its two frontends to the backend on vps1, as the agent writes them.
-pub fn harness() -> anyhow::Result<TestHarness> {
+/// The device standing for the entry node's eth0 in the namespace [`in_underlay`] makes.
+const UNDERLAY_DEV: &str = "wnsb0";
+const BACKEND_NODE_MAC: &str = "0e:00:00:00:00:01";
+
+/// Runs `measure` on a thread in a network namespace of its own (gone with the thread) that
+/// has the entry node's underlay: a device with its address and the backend's node as a
+/// resolved neighbour, so that `bpf_fib_lookup` finds the next hop and XDP forwards the
+/// packets itself, as on a node. `measure` gets the device's ifindex.
+pub fn in_underlay<T: Send + 'static>(
+    measure: impl FnOnce(u32) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare on this thread only; the namespace dies with it.
+        ensure!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0,
+            "unshare: {}",
+            std::io::Error::last_os_error()
+        );
+        let mac = UNDERLAY_MAC.map(|b| format!("{b:02x}")).join(":");
+        for args in [
+            format!("link add {UNDERLAY_DEV} address {mac} type veth peer name wnsb1"),
+            format!("link set {UNDERLAY_DEV} up"),
+            "link set wnsb1 up".to_string(),
+            format!("addr add {NODE_IP}/24 dev {UNDERLAY_DEV}"),
+            format!(
+                "neigh replace {BACKEND_NODE_IP} lladdr {BACKEND_NODE_MAC} dev {UNDERLAY_DEV} nud permanent"
+            ),
+        ] {
+            ip(&args)?;
+        }
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{UNDERLAY_DEV}/forwarding"),
+            "1",
+        )
+        .context("turning forwarding on")?;
+        let name = std::ffi::CString::new(UNDERLAY_DEV)?;
+        // SAFETY: a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        ensure!(ifindex != 0, "no {UNDERLAY_DEV}");
+        measure(ifindex)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))?
+}
+
+fn ip(args: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .with_context(|| format!("ip {args}"))?;
+    ensure!(status.success(), "ip {args}: {status}");
+    Ok(())
+}
+
+/// The entry node with its two frontends to the backend on vps1, as the agent writes them;
+/// its external device is `external_ifindex`.
+pub fn harness(external_ifindex: u32) -> anyhow::Result<TestHarness> {
     let mut h = TestHarness::load()?;
     h.maps.set_node(NodeConfig {
         ipv4: NODE_IP.octets(),
-        external_ifindex: 2,
+        external_ifindex,
         vni: GENEVE_VNI,
         snat_port_min: SNAT_PORT_MIN,
         snat_port_max: 65535,
@@ -250,9 +305,15 @@ impl Samples {
 }
 
 /// Runs one packet of `kind`; tc must redirect service packets.
-fn run_one(h: &mut TestHarness, kind: &Kind, n: u32, out: &mut Samples) -> anyhow::Result<()> {
+fn run_one(
+    h: &mut TestHarness,
+    ifindex: u32,
+    kind: &Kind,
+    n: u32,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
     let packet = kind.packet(n);
-    let (outcome, duration) = h.run_timed(kind.entry, &packet)?;
+    let (outcome, duration) = run_kind(h, ifindex, kind, &packet)?;
     ensure!(
         kind.program != "tc" || !kind.is_service() || outcome.verdict == TC_ACT_REDIRECT,
         "{} returned {} on a {} {} packet instead of redirecting it",
@@ -268,12 +329,26 @@ fn run_one(h: &mut TestHarness, kind: &Kind, n: u32, out: &mut Samples) -> anyho
     Ok(())
 }
 
+/// One run of `kind`'s program; XDP's as if the packet arrived on `ifindex`.
+fn run_kind(
+    h: &mut TestHarness,
+    ifindex: u32,
+    kind: &Kind,
+    packet: &[u8],
+) -> anyhow::Result<(weft_datapath::testrun::RunOutcome, std::time::Duration)> {
+    if kind.entry == XDP_ENTRY {
+        h.run_xdp_timed_on(kind.entry, packet, ifindex)
+    } else {
+        h.run_timed(kind.entry, packet)
+    }
+}
+
 /// Opens the established flow of every kind that has one, through the kind's own program;
 /// a SYN XDP passes on goes through tc too, as the kernel would hand it on.
-fn open_flows(h: &mut TestHarness, kinds: &[Kind]) -> anyhow::Result<()> {
+fn open_flows(h: &mut TestHarness, ifindex: u32, kinds: &[Kind]) -> anyhow::Result<()> {
     for kind in kinds.iter().filter(|k| k.packet == "established") {
         let packet = syn(kind.client, ESTABLISHED_PORT, kind.dport());
-        let outcome = h.run(kind.entry, &packet)?;
+        let (outcome, _) = run_kind(h, ifindex, kind, &packet)?;
         if kind.program == "xdp" && outcome.verdict == XDP_PASS {
             h.run(FROM_NETDEV, &packet)?;
         }
@@ -283,19 +358,24 @@ fn open_flows(h: &mut TestHarness, kinds: &[Kind]) -> anyhow::Result<()> {
 
 /// `samples` packets of every kind, the kinds taking turns in rounds of `batch`: one JSON
 /// value per kind.
-pub fn measure(h: &mut TestHarness, samples: u32, batch: u32) -> anyhow::Result<Vec<Value>> {
+pub fn measure(
+    h: &mut TestHarness,
+    ifindex: u32,
+    samples: u32,
+    batch: u32,
+) -> anyhow::Result<Vec<Value>> {
     ensure!(
         samples <= MAX_SAMPLES,
         "at most {MAX_SAMPLES} packets of each kind (one SNAT port each)"
     );
     let kinds = kinds();
-    open_flows(h, &kinds)?;
+    open_flows(h, ifindex, &kinds)?;
     let mut results: Vec<Samples> = kinds.iter().map(|_| Samples::new()).collect();
     let mut n = 0;
     while n < samples {
         for (kind, out) in kinds.iter().zip(results.iter_mut()) {
             for i in n..(n + batch).min(samples) {
-                run_one(h, kind, i, out)?;
+                run_one(h, ifindex, kind, i, out)?;
             }
             h.maps.drain_events();
         }

@@ -77,6 +77,17 @@ impl TestHarness {
         packet: &[u8],
         ingress_ifindex: u32,
     ) -> anyhow::Result<RunOutcome> {
+        self.run_xdp_timed_on(program, packet, ingress_ifindex)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`TestHarness::run_xdp_on`], with the run's duration by the kernel's clock.
+    pub fn run_xdp_timed_on(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+        ingress_ifindex: u32,
+    ) -> anyhow::Result<(RunOutcome, Duration)> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex.
         let md: Vec<u8> = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0]
@@ -96,10 +107,11 @@ impl TestHarness {
         }
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program} on ifindex {ingress_ifindex}"))?;
         out.truncate(result.data_size_out as usize);
-        Ok(RunOutcome {
+        let outcome = RunOutcome {
             verdict: result.return_value as i32,
             packet: out,
-        })
+        };
+        Ok((outcome, result.duration))
     }
 
     /// Runs `program` once on `packet`; also returns how long the run took by the kernel's
