@@ -129,7 +129,17 @@ fn external_traffic_policy_local_keeps_the_client_and_only_backend_nodes_answer(
     ) {
         return;
     }
-    let cluster = TestCluster::up("etpl", 2, Some("loadBalancer: {mode: snat}\n"));
+    for (tag, acceleration) in [("etpld", "disabled"), ("etpln", "native")] {
+        check_external_local(tag, acceleration);
+    }
+}
+
+/// A NodePort with `externalTrafficPolicy: Local` and its backend on vps1, in SNAT mode with
+/// `acceleration`: the client is kept, vps2 drops, the health ports say which node has a
+/// backend, and the backend reaches its own service through its node's address (hairpin).
+fn check_external_local(tag: &str, acceleration: &str) {
+    let values = format!("loadBalancer: {{mode: snat, acceleration: {acceleration}}}\n");
+    let cluster = TestCluster::up(tag, 2, Some(&values));
     let netbench = netbench();
     let objects = format!(
         "apiVersion: v1
