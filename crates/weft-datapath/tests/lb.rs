@@ -7,11 +7,15 @@
 //! BPF_PROG_TEST_RUN runs tc programs on the loopback device, so whichever pod sends in a
 //! sequence is registered on ifindex 1.
 
+mod common;
+
+use common::{ct_entry, ct_key};
+
 use std::net::Ipv4Addr;
 
 use weft_common::{
-    CtEntry4, CtKey4, EndpointInfo, EndpointKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service,
-    NodeConfig, Reason,
+    CtEntry4, EndpointInfo, EndpointKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, NodeConfig,
+    Reason,
     ct::{
         CT_FLAG_FORWARD_CLOSING, CT_FLAG_REPLY_CLOSING, CT_FLAG_SEEN_NON_SYN, CT_KIND_REPLY,
         CT_KIND_SERVICE, CT_LIFETIME_TCP_CLOSE_S, CT_LIFETIME_TCP_ESTABLISHED_S,
@@ -194,26 +198,6 @@ fn reply_from_backend_1(sport: u16, flags: u8) -> PacketBuilder {
         .eth(BACKEND_1_MAC, BACKEND_1_HOST_MAC)
         .ipv4(BACKEND_1, CLIENT)
         .tcp(TARGET_PORT, sport, flags)
-}
-
-fn ct_key(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, kind: u8) -> CtKey4 {
-    CtKey4 {
-        saddr: saddr.octets(),
-        daddr: daddr.octets(),
-        sport,
-        dport,
-        proto: IPPROTO_TCP,
-        kind,
-        _pad: [0; 2],
-    }
-}
-
-fn ct_entry(h: &TestHarness, key: &CtKey4) -> Option<CtEntry4> {
-    h.lb.ct()
-        .expect("ct")
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
 }
 
 fn monotonic_s() -> u32 {

@@ -9,11 +9,15 @@
 //! fixture is registered on ifindex 1. `bpf_redirect_neigh` leaves the Ethernet header to the
 //! kernel's neighbour lookup: a packet redirected that way keeps the one it had.
 
+mod common;
+
+use common::{ct_entry, ct_key};
+
 use std::net::Ipv4Addr;
 
 use weft_common::{
-    CtEntry4, CtKey4, EndpointInfo, EndpointKey, EventKind, Hook, IpcacheEntry, Lb4Backend, Lb4Key,
-    Lb4RevNat, Lb4Service, MetricsKey, NatEntry4, NatKey4, NodeConfig, Reason,
+    EndpointInfo, EndpointKey, EventKind, Hook, IpcacheEntry, Lb4Backend, Lb4Key, Lb4RevNat,
+    Lb4Service, MetricsKey, NatEntry4, NatKey4, NodeConfig, Reason,
     ct::{
         CT_FLAG_LOOPBACK, CT_FLAG_NORTH_SOUTH, CT_FLAG_ONE_WAY, CT_KIND_DSR, CT_KIND_REPLY,
         CT_KIND_SERVICE, CT_LIFETIME_TCP_CLOSE_S,
@@ -282,26 +286,6 @@ fn geneve_frame(
 /// The UDP source port Weft chose for an encapsulated frame (entropy from the flow hash).
 fn tunnel_sport(frame: &[u8]) -> u16 {
     u16::from_be_bytes([frame[34], frame[35]])
-}
-
-fn ct_key(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, kind: u8) -> CtKey4 {
-    CtKey4 {
-        saddr: saddr.octets(),
-        daddr: daddr.octets(),
-        sport,
-        dport,
-        proto: IPPROTO_TCP,
-        kind,
-        _pad: [0; 2],
-    }
-}
-
-fn ct_entry(h: &TestHarness, key: &CtKey4) -> Option<CtEntry4> {
-    h.lb.ct()
-        .expect("ct")
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
 }
 
 fn snat_rows(h: &TestHarness) -> Vec<(NatKey4, [u8; 4], u16)> {

@@ -12,7 +12,7 @@ use weft_common::{
     net::IPPROTO_TCP,
 };
 
-use crate::{ct, lb, nat, nodeport, parse::Headers, verdict::Verdict};
+use crate::{ct, lb, nodeport, parse::Headers, skb, verdict::Verdict};
 
 /// The DSR entry's key of a forward packet (client -> backend), as the reply will carry it.
 #[inline(always)]
@@ -81,6 +81,6 @@ pub fn reply(
     ct::apply(entry, &up, now, CtDirection::Reply);
     // SAFETY: a live map value.
     let (address, port) = unsafe { ((*entry).nat_address, (*entry).nat_port) };
-    nat::rewrite_src(ctx, h, address, port)?;
+    skb::set_source(ctx, h, address, port)?;
     nodeport::leave(ctx, h, node).map(Some)
 }

@@ -29,7 +29,7 @@ use crate::{
     maps::{CT4, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES},
     nat,
     parse::Headers,
-    skb::{self, IP_DST_OFF, IP_SRC_OFF},
+    skb::{self, IP_SRC_OFF},
 };
 
 /// A service a packet or a socket is addressed to.
@@ -381,26 +381,7 @@ fn random_backend(fe: &Frontend) -> u32 {
 
 #[inline(always)]
 pub fn dnat(ctx: &TcContext, h: &mut Headers, backend: &Lb4Backend) -> Result<(), Reason> {
-    let l4_off = h.l4_off as usize;
-    skb::rewrite_addr(
-        ctx,
-        h.l4_proto,
-        l4_off,
-        IP_DST_OFF,
-        h.dst_v4(),
-        backend.address,
-    )?;
-    skb::rewrite_port(
-        ctx,
-        h.l4_proto,
-        l4_off,
-        l4_off + 2,
-        h.dst_port,
-        backend.port,
-    )?;
-    h.set_dst_v4(backend.address);
-    h.dst_port = backend.port;
-    Ok(())
+    skb::set_destination(ctx, h, backend.address, backend.port)
 }
 
 /// A pod opening a TCP connection straight to an address and port that were a backend of one
@@ -459,31 +440,10 @@ pub fn reverse_to_client(
     if let Some(entry) = ct::live(&service, now) {
         ct::apply(entry, &up, now, CtDirection::Reply);
     }
-    let l4_off = h.l4_off as usize;
     if reply.client != h.dst_v4() || reply.client_port != h.dst_port {
-        skb::rewrite_addr(
-            ctx,
-            h.l4_proto,
-            l4_off,
-            IP_DST_OFF,
-            h.dst_v4(),
-            reply.client,
-        )?;
-        skb::rewrite_port(
-            ctx,
-            h.l4_proto,
-            l4_off,
-            l4_off + 2,
-            h.dst_port,
-            reply.client_port,
-        )?;
-        h.set_dst_v4(reply.client);
-        h.dst_port = reply.client_port;
+        skb::set_destination(ctx, h, reply.client, reply.client_port)?;
     }
-    skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_SRC_OFF, h.src_v4(), frontend.0)?;
-    skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off, h.src_port, frontend.1)?;
-    h.set_src_v4(frontend.0);
-    h.src_port = frontend.1;
+    skb::set_source(ctx, h, frontend.0, frontend.1)?;
     Ok(Some(reply.flags))
 }
 

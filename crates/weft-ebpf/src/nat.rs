@@ -103,22 +103,6 @@ fn egress_key(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8)
     }
 }
 
-/// Rewrites the source of a TCP or UDP packet to `addr`:`port`; `h` follows.
-#[inline(always)]
-pub fn rewrite_src(
-    ctx: &TcContext,
-    h: &mut Headers,
-    addr: [u8; 4],
-    port: u16,
-) -> Result<(), Reason> {
-    let l4_off = h.l4_off as usize;
-    skb::rewrite_addr(ctx, h.l4_proto, l4_off, IP_SRC_OFF, h.src_v4(), addr)?;
-    skb::rewrite_port(ctx, h.l4_proto, l4_off, l4_off, h.src_port, port)?;
-    h.set_src_v4(addr);
-    h.src_port = port;
-    Ok(())
-}
-
 /// The client address and port of a reply (TCP or UDP, to this node's address) of a flow
 /// [`service_snat_port`] translated, if it is one. Reads maps only.
 #[inline(always)]

@@ -173,7 +173,7 @@ fn delivery(backend: &Lb4Backend) -> Result<Delivery, Reason> {
 pub fn forward(ctx: &TcContext, h: &mut Headers, node: &NodeConfig, plan: &Plan) -> StageResult {
     lb::dnat(ctx, h, &plan.backend)?;
     if let Some(port) = plan.snat_port {
-        nat::rewrite_src(ctx, h, node.ipv4, port)?;
+        skb::set_source(ctx, h, node.ipv4, port)?;
     }
     skb::decrement_ttl(ctx, h.ttl)?;
     let verdict = match plan.delivery {

@@ -193,3 +193,35 @@ pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
 }
+
+/// Rewrites the source of a TCP or UDP packet to `addr`:`port`; `h` follows.
+#[inline(always)]
+pub fn set_source(
+    ctx: &TcContext,
+    h: &mut crate::parse::Headers,
+    addr: [u8; 4],
+    port: u16,
+) -> Result<(), Reason> {
+    let l4_off = h.l4_off as usize;
+    rewrite_addr(ctx, h.l4_proto, l4_off, IP_SRC_OFF, h.src_v4(), addr)?;
+    rewrite_port(ctx, h.l4_proto, l4_off, l4_off, h.src_port, port)?;
+    h.set_src_v4(addr);
+    h.src_port = port;
+    Ok(())
+}
+
+/// Rewrites the destination of a TCP or UDP packet to `addr`:`port`; `h` follows.
+#[inline(always)]
+pub fn set_destination(
+    ctx: &TcContext,
+    h: &mut crate::parse::Headers,
+    addr: [u8; 4],
+    port: u16,
+) -> Result<(), Reason> {
+    let l4_off = h.l4_off as usize;
+    rewrite_addr(ctx, h.l4_proto, l4_off, IP_DST_OFF, h.dst_v4(), addr)?;
+    rewrite_port(ctx, h.l4_proto, l4_off, l4_off + 2, h.dst_port, port)?;
+    h.set_dst_v4(addr);
+    h.dst_port = port;
+    Ok(())
+}
