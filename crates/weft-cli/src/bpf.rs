@@ -46,6 +46,11 @@ pub enum BpfCommand {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// Source prefixes dropped before anything else (`weft_prefilter4`, `prefilter.cidrs`).
+    Prefilter {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
     /// A Service's Maglev tables (`weft_lb4_maglev`).
     Maglev {
         #[command(subcommand)]
@@ -66,6 +71,7 @@ pub fn run(command: BpfCommand) -> anyhow::Result<ExitCode> {
         BpfCommand::Nat { command } => (Map::Nat, command),
         BpfCommand::Lb { command } => (Map::Lb, command),
         BpfCommand::Ct { command } => (Map::Ct, command),
+        BpfCommand::Prefilter { command } => (Map::Prefilter, command),
         BpfCommand::Maglev { command } => return bpf_maglev::run(command),
     };
     let topology = weft_lab::load(&args.lab)?;
@@ -82,6 +88,7 @@ pub fn run(command: BpfCommand) -> anyhow::Result<ExitCode> {
                 let lb = LbMaps::from_pins(&node.pin_dir).with_context(open_error)?;
                 listing(bpf_lb::LB_HEADERS, bpf_lb::lb_rows_of(&node.name, &lb)?)
             }
+            Map::Prefilter => listing(PREFILTER_HEADERS, prefilter_rows(&node.name, &maps)?),
             Map::Ct => {
                 let lb = LbMaps::from_pins(&node.pin_dir).with_context(open_error)?;
                 let now_s = monotonic_ns().map_or(0, |ns| (ns / 1_000_000_000) as u32);
@@ -120,6 +127,7 @@ enum Map {
     Nat,
     Lb,
     Ct,
+    Prefilter,
 }
 
 /// A row type's table cells.
@@ -154,6 +162,33 @@ pub fn json_array(objects: &[String]) -> String {
         })
         .collect();
     format!("[\n{}\n]", items.join(",\n"))
+}
+
+// ---- prefilter -------------------------------------------------------------------------------
+
+const PREFILTER_HEADERS: &[&str] = &["PREFIX", "ACTION"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrefilterRow {
+    pub node: String,
+    pub prefix: String,
+}
+
+impl Row for PrefilterRow {
+    fn cells(&self) -> Vec<String> {
+        vec![self.prefix.clone(), "drop".to_string()]
+    }
+}
+
+fn prefilter_rows(node: &str, maps: &DatapathMaps) -> anyhow::Result<Vec<PrefilterRow>> {
+    Ok(maps
+        .prefilter()?
+        .into_iter()
+        .map(|cidr| PrefilterRow {
+            node: node.to_string(),
+            prefix: cidr.to_string(),
+        })
+        .collect())
 }
 
 // ---- endpoints -------------------------------------------------------------------------------
