@@ -91,7 +91,7 @@ fn node_batch(t: &Topology, node: &NodeSpec) -> IpBatch {
         format!("link set {ETH0} up"),
         format!("route add default via {UNDERLAY_ROUTER_IP}"),
     ];
-    if node.pods.is_empty() {
+    if node.pods.is_empty() && t.baseline.is_none() {
         // Pods come from the CNI plugin and are routed by the datapath: no hand wiring.
         return IpBatch {
             netns: node.netns.clone(),
@@ -168,6 +168,10 @@ pub fn sysctls(topology: &Topology) -> Vec<Sysctl> {
             "net.ipv4.conf.default.arp_ignore",
         ] {
             set(ns, key, "0", false);
+        }
+        if topology.baseline.is_some() {
+            // What kube-proxy sets at start for NodePorts on 127.0.0.1 (its default).
+            set(ns, "net.ipv4.conf.all.route_localnet", "1", false);
         }
     }
     all
