@@ -269,6 +269,36 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_node_routes_pods_by_itself_even_without_hand_wired_pods() {
+        use crate::kube_proxy::ProxyMode;
+        let t = plan(&LabSpec::baseline("base", ProxyMode::Nftables, 2, 0)).expect("valid");
+        let b = ip_batches(&t);
+        let n = batch(&b, "base-vps1");
+        for line in [
+            "addr add 10.42.1.1/32 dev weft_host",
+            "route add 10.42.2.0/24 via 198.51.100.2 dev eth0",
+        ] {
+            assert!(has(n, line), "{line}");
+        }
+        let localnet: Vec<String> = sysctls(&t)
+            .into_iter()
+            .filter(|s| s.key == "net.ipv4.conf.all.route_localnet")
+            .map(|s| s.netns)
+            .collect();
+        assert_eq!(localnet, ["base-vps1", "base-vps2"]);
+        let plain = plan(&LabSpec::with_size("plain", 2, 0)).expect("valid");
+        assert!(
+            !sysctls(&plain)
+                .iter()
+                .any(|s| s.key.ends_with("route_localnet"))
+        );
+        assert!(!has(
+            batch(&ip_batches(&plain), "plain-vps1"),
+            "addr add 10.42.1.1/32 dev weft_host"
+        ));
+    }
+
+    #[test]
     fn router_and_nodes_forward_and_ipv6_is_off() {
         let t = topo();
         let s = sysctls(&t);
