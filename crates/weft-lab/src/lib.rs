@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod exec;
 mod host;
 mod ip;
+pub mod kube_proxy;
 pub mod lifecycle;
 pub mod netns;
 mod north_south;

@@ -118,6 +118,9 @@ fn build(t: &Topology) -> anyhow::Result<()> {
     }
     crate::xdp_peer::attach_to_router_ports(t).context("XDP on the router's node ports")?;
     crate::xdp_peer::client_checksums_in_software(t).context("the client's checksums")?;
+    if let Some(mode) = t.baseline {
+        crate::kube_proxy::setup_nodes(t, mode).with_context(|| format!("kube-proxy ({mode})"))?;
+    }
     write_state(t).context("writing the state file")
 }
 

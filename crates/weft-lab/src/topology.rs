@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use weft_model::{ClusterConfig, Ipv4Cidr, ipam};
 
-use crate::spec::LabSpec;
+use crate::{kube_proxy::ProxyMode, spec::LabSpec};
 
 /// The underlay ("the internet" between the nodes): a bridge in the router's netns.
 pub const UNDERLAY_BRIDGE: &str = "ul0";
@@ -36,6 +36,9 @@ pub struct Topology {
     pub router_netns: String,
     pub client: Host,
     pub nodes: Vec<NodeSpec>,
+    /// Set for a kube-proxy baseline lab (see [`LabSpec::baseline`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<ProxyMode>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +101,7 @@ pub fn plan(spec: &LabSpec) -> anyhow::Result<Topology> {
             ip: CLIENT_IP,
         },
         nodes,
+        baseline: spec.baseline,
     })
 }
 
