@@ -3,6 +3,7 @@
 mod bpf;
 mod bpf_lb;
 mod bpf_maglev;
+mod doctor;
 mod lab;
 mod nodes;
 mod observe;
@@ -37,6 +38,9 @@ enum Command {
         #[command(subcommand)]
         command: bpf::BpfCommand,
     },
+    /// Find what fights the datapath on the nodes (kube-proxy or svclb rules, masquerade of
+    /// pod-to-pod traffic, foreign programs, an MTU too small) and say what to do.
+    Doctor(nodes::NodeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Observe(args) => observe::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Bpf { command } => bpf::run(command),
+        Command::Doctor(args) => doctor::run(&args),
     };
     match result {
         Ok(code) => code,
