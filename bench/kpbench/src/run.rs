@@ -87,8 +87,6 @@ pub fn run(plan: &Plan) -> anyhow::Result<StackRun> {
 /// Programs `n` services, with the kernel's memory counters around it and an idle interval of
 /// the same length before it as the noise floor.
 fn program_step(lab: &mut StackLab, n: u32) -> anyhow::Result<CountRun> {
-    let idle_from = memory::kernel_kb_now()?;
-    let idle_started = Instant::now();
     let before = memory::kernel_kb_now()?;
     let program = lab.program(n)?;
     let after = memory::kernel_kb_now()?;
@@ -97,13 +95,11 @@ fn program_step(lab: &mut StackLab, n: u32) -> anyhow::Result<CountRun> {
         Duration::from_secs_f64(program.total_ms / 1e3).min(Duration::from_secs(30)),
     );
     let idle_to = memory::kernel_kb_now()?;
-    let _ = idle_started;
     let mut mem = Memory {
         kernel_delta_kb: after - before,
         idle_delta_kb: idle_to - after,
         ..Memory::default()
     };
-    let _ = idle_from;
     if lab.stack == Stack::Weft {
         let node = lab.client_node()?;
         (mem.bpf_memlock_bytes, mem.bpf_maps) = memory::node_memlock(&node.pin_dir)?;
@@ -183,7 +179,9 @@ fn follow_change(lab: &mut StackLab) -> anyhow::Result<Follow> {
         stale,
         attempts,
     };
+    lab.finish_change()?;
     lab.change_last(c.ip)?;
+    lab.finish_change()?;
     measure::follow(&lab.pods.client, to, &c.name, &a.name, FOLLOW_TIMEOUT)?;
     Ok(follow)
 }

@@ -79,8 +79,15 @@ pub struct Pods {
 }
 
 enum Driver {
-    Weft { bins: Binaries, dir: PathBuf },
-    KubeProxy { proxies: Vec<NodeProxy> },
+    Weft {
+        bins: Binaries,
+        dir: PathBuf,
+    },
+    KubeProxy {
+        proxies: Vec<NodeProxy>,
+        /// The objects of a change the other nodes have not synced yet.
+        pending: Option<Store>,
+    },
 }
 
 /// A lab of one stack, taken down when dropped.
@@ -127,7 +134,7 @@ impl StackLab {
                 fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
                 program_weft(&self.lab, bins, &path, objects::frontends(to)?)?
             }
-            Driver::KubeProxy { proxies } => {
+            Driver::KubeProxy { proxies, .. } => {
                 let text = objects::all(to, &[b, c], &[b, c])?;
                 let store = Store::from_manifests([("services.yaml", text.as_str())])
                     .context("the bench's objects do not load")?;
@@ -155,19 +162,31 @@ impl StackLab {
                 apply(&self.lab, bins, &[path])?;
                 Ok(started.elapsed())
             }
-            Driver::KubeProxy { proxies } => {
+            Driver::KubeProxy { proxies, pending } => {
                 let (first, last) = ([b, self.pods.c.ip], [b, new]);
                 let text = objects::all(self.services, &first, &last)?;
                 let store = Store::from_manifests([("services.yaml", text.as_str())])?;
                 let started = Instant::now();
                 proxies.first_mut().context("no node")?.sync_store(&store)?;
                 let took = started.elapsed();
-                for proxy in proxies.iter_mut().skip(1) {
-                    proxy.sync_store(&store)?;
-                }
+                *pending = Some(store);
                 Ok(took)
             }
         }
+    }
+}
+
+impl StackLab {
+    /// kube-proxy: the other nodes' re-sync of the last change (untimed); Weft: nothing.
+    pub fn finish_change(&mut self) -> anyhow::Result<()> {
+        if let Driver::KubeProxy { proxies, pending } = &mut self.driver
+            && let Some(store) = pending.take()
+        {
+            for proxy in proxies.iter_mut().skip(1) {
+                proxy.sync_store(&store)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -244,7 +263,10 @@ fn up_baseline(mode: ProxyMode, name: &str) -> anyhow::Result<StackLab> {
         stack: Stack::KubeProxy(mode),
         lab,
         pods,
-        driver: Driver::KubeProxy { proxies },
+        driver: Driver::KubeProxy {
+            proxies,
+            pending: None,
+        },
         services: 0,
     })
 }
