@@ -124,6 +124,9 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Reads one figure of one size's results.
+pub type Getter<'a> = Box<dyn Fn(&CountRun) -> f64 + 'a>;
+
 /// One measure: a row per (number of services, variant), a column per stack, then Weft / each
 /// kube-proxy mode.
 pub struct Measure<'a> {
@@ -132,7 +135,7 @@ pub struct Measure<'a> {
     /// What a ratio above 1 means, said once under the table.
     pub reading: &'a str,
     pub digits: usize,
-    pub rows: Vec<(&'a str, Box<dyn Fn(&CountRun) -> f64 + 'a>)>,
+    pub rows: Vec<(&'a str, Getter<'a>)>,
 }
 
 pub fn table(out: &mut String, inputs: &Inputs, m: &Measure) {
