@@ -1,0 +1,299 @@
+//! Traffic: the servers in the backend pods, the connect-latency and follow loops (in this
+//! process, on a thread inside the client pod's netns) and the `weft-netbench` / `iperf3`
+//! clients (child processes placed in the client pod's netns and its node's cgroup).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use weft_lab::{exec::placed_command, netns::run_in};
+
+use crate::{results::Latency, stats};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A pod as the bench uses it: where it is and how to put a process in it.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    /// Its node's cgroup, relative to the cgroup2 root (the lab's `down` kills what is in it).
+    pub cgroup: PathBuf,
+}
+
+/// How the clients run.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub netbench: PathBuf,
+    /// CPU the rr/crr clients and servers and the connect loop are pinned to.
+    pub pin_cpu: Option<usize>,
+}
+
+impl Tools {
+    fn pinned(&self, argv: Vec<String>) -> Vec<String> {
+        match self.pin_cpu {
+            Some(cpu) => ["taskset", "--cpu-list", &cpu.to_string()]
+                .into_iter()
+                .map(String::from)
+                .chain(argv)
+                .collect(),
+            None => argv,
+        }
+    }
+}
+
+/// Server processes started by the bench; killed (by their own PIDs) when dropped.
+#[derive(Default)]
+pub struct Servers {
+    children: Vec<Child>,
+}
+
+impl Servers {
+    /// `weft-netbench server` on `port` and `iperf3 --server` on `iperf_port` in `pod`.
+    pub fn start(
+        &mut self,
+        tools: &Tools,
+        pod: &Pod,
+        port: u16,
+        iperf_port: u16,
+    ) -> anyhow::Result<()> {
+        let netbench = tools.pinned(vec![
+            tools.netbench.display().to_string(),
+            "server".into(),
+            "--listen".into(),
+            format!("{}:{port}", pod.ip),
+            "--exit-after".into(),
+            "3600".into(),
+        ]);
+        self.spawn(pod, &netbench)?;
+        let iperf: Vec<String> = ["iperf3", "--server", "--bind"]
+            .into_iter()
+            .map(String::from)
+            .chain([pod.ip.to_string(), "--port".into(), iperf_port.to_string()])
+            .collect();
+        self.spawn(pod, &iperf)?;
+        wait_listening(pod, port)?;
+        wait_listening(pod, iperf_port)
+    }
+
+    fn spawn(&mut self, pod: &Pod, argv: &[String]) -> anyhow::Result<()> {
+        let child = placed_command(&pod.netns, &pod.cgroup, argv, false)?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} in {}", argv[0], pod.name))?;
+        self.children.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_listening(pod: &Pod, port: u16) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", pod.netns))
+            .args(["ss", "-Hltn", &format!("sport = :{port}")])
+            .output()
+            .context("running ss")?;
+        if !out.stdout.is_empty() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {}:{port} in {}", pod.ip, pod.name)
+}
+
+/// A server thread in `pod` answering every connection on `port` with the pod's name. It lives
+/// as long as this process (its netns goes with the lab).
+pub fn start_name_server(pod: &Pod, port: u16) -> anyhow::Result<()> {
+    let addr = SocketAddrV4::new(pod.ip, port);
+    let listener = run_in(&pod.netns, || TcpListener::bind(addr))?
+        .with_context(|| format!("binding {addr} in {}", pod.name))?;
+    let name = pod.name.clone();
+    thread::Builder::new()
+        .name(format!("name server {name}"))
+        .spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.write_all(name.as_bytes());
+            }
+        })
+        .context("spawning a name server")?;
+    Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // touch it and the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Connect latency from `client` to `first` and to `last`, `count` connections to each, in
+/// batches of 100 taking turns; each connection is closed at once.
+pub fn connect_latency(
+    client: &Pod,
+    first: SocketAddr,
+    last: SocketAddr,
+    count: usize,
+    pin_cpu: Option<usize>,
+) -> anyhow::Result<(Latency, Latency)> {
+    let (a, b) = run_in(&client.netns, || -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+        pin_thread(pin_cpu);
+        let (mut a, mut b) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        while a.len() < count {
+            let batch = (count - a.len()).min(100);
+            connect_batch(first, batch, &mut a)?;
+            connect_batch(last, batch, &mut b)?;
+        }
+        Ok((a, b))
+    })??;
+    Ok((latency(&a), latency(&b)))
+}
+
+fn connect_batch(to: SocketAddr, n: usize, out: &mut Vec<f64>) -> anyhow::Result<()> {
+    for _ in 0..n {
+        let started = Instant::now();
+        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
+            .with_context(|| format!("connecting to {to}"))?;
+        out.push(started.elapsed().as_secs_f64() * 1e6);
+        drop(stream);
+    }
+    Ok(())
+}
+
+fn latency(samples: &[f64]) -> Latency {
+    let s = stats::sorted(samples);
+    Latency {
+        count: s.len(),
+        p50_us: stats::percentile(&s, 50.0),
+        p90_us: stats::percentile(&s, 90.0),
+        p99_us: stats::percentile(&s, 99.0),
+    }
+}
+
+/// Connects to `to` from `client` until the pod named `want` answers (every `gap`, for at most
+/// `timeout`); the connections answered by `stale` on the way, and all attempts.
+pub fn follow(
+    client: &Pod,
+    to: SocketAddr,
+    want: &str,
+    stale: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u32, u32)> {
+    run_in(&client.netns, || -> anyhow::Result<(u32, u32)> {
+        let deadline = Instant::now() + timeout;
+        let (mut stale_seen, mut attempts) = (0, 0);
+        while Instant::now() < deadline {
+            attempts += 1;
+            match ask(to).as_deref() {
+                Ok(name) if name == want => return Ok((stale_seen, attempts)),
+                Ok(name) if name == stale => stale_seen += 1,
+                _ => {}
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        bail!("{want} did not answer through {to} within {timeout:?}")
+    })?
+}
+
+/// The name of the pod that answers a connection to `to`.
+fn ask(to: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut name = String::new();
+    stream.read_to_string(&mut name)?;
+    Ok(name)
+}
+
+/// `weft-netbench rr|crr --to to --duration seconds` from `client`: its JSON report.
+pub fn netbench(
+    tools: &Tools,
+    client: &Pod,
+    mode: &str,
+    to: SocketAddr,
+    seconds: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let argv = tools.pinned(vec![
+        tools.netbench.display().to_string(),
+        mode.into(),
+        "--to".into(),
+        to.to_string(),
+        "--duration".into(),
+        seconds.to_string(),
+    ]);
+    serde_json::from_str(&run_client(client, &argv)?)
+        .with_context(|| format!("weft-netbench {mode}'s report"))
+}
+
+/// iperf3 from `client` to `to` for `seconds`: Gbit/s received.
+pub fn iperf(client: &Pod, to: SocketAddr, seconds: f64) -> anyhow::Result<f64> {
+    let argv: Vec<String> = [
+        "iperf3".to_string(),
+        "--client".into(),
+        to.ip().to_string(),
+        "--port".into(),
+        to.port().to_string(),
+        "--time".into(),
+        seconds.to_string(),
+        "--json".into(),
+    ]
+    .into();
+    let report: serde_json::Value =
+        serde_json::from_str(&run_client(client, &argv)?).context("iperf3's JSON report")?;
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .with_context(|| {
+            format!(
+                "iperf3 to {to}: no end.sum_received.bits_per_second: {}",
+                report["error"]
+            )
+        })
+}
+
+fn run_client(client: &Pod, argv: &[String]) -> anyhow::Result<String> {
+    let out = placed_command(&client.netns, &client.cgroup, argv, false)?
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `path`'s parent must exist; used to check binaries before a long run.
+pub fn require_file(path: &Path) -> anyhow::Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        bail!("{} is missing (built by bench/compare)", path.display())
+    }
+}

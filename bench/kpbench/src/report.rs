@@ -1,0 +1,549 @@
+//! `bench/REPORT.md` from the results directory: one table per measure, Weft's ratio to each
+//! kube-proxy mode and each stack's ratio to its own direct (no service) path.
+
+use std::{collections::BTreeSet, fmt::Write as _, fs, path::Path};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::{
+    results::{CountRun, Paths, StackRun},
+    stats::median,
+};
+
+/// The stacks in the order of the tables; Weft first, the reference of every ratio.
+pub const STACKS: [&str; 4] = ["weft", "iptables", "iptables-legacy", "nftables"];
+
+/// Everything a report is made of.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub runs: Vec<StackRun>,
+    /// `run.json`: the machine and the knobs, written by bench/compare.
+    pub run: Value,
+    /// `testrun.jsonl`, one line per number of services.
+    pub testrun: Vec<Value>,
+    /// `northsouth.json`.
+    pub northsouth: Value,
+}
+
+impl Inputs {
+    pub fn read(dir: &Path) -> anyhow::Result<Inputs> {
+        let mut inputs = Inputs::default();
+        for stack in STACKS {
+            let path = dir.join(format!("{stack}.json"));
+            if path.is_file() {
+                let text = fs::read_to_string(&path)?;
+                inputs.runs.push(
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("parsing {}", path.display()))?,
+                );
+            }
+        }
+        inputs.run = read_json(&dir.join("run.json"))?;
+        inputs.northsouth = read_json(&dir.join("northsouth.json"))?;
+        if let Ok(text) = fs::read_to_string(dir.join("testrun.jsonl")) {
+            inputs.testrun = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()
+                .context("parsing testrun.jsonl")?;
+        }
+        Ok(inputs)
+    }
+
+    fn run_of(&self, stack: &str) -> Option<&StackRun> {
+        self.runs.iter().find(|r| r.stack == stack)
+    }
+
+    fn counts(&self) -> Vec<u32> {
+        let set: BTreeSet<u32> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.counts.iter().map(|c| c.services))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    fn stacks(&self) -> Vec<&str> {
+        STACKS
+            .into_iter()
+            .filter(|s| self.run_of(s).is_some())
+            .collect()
+    }
+
+    fn value(&self, stack: &str, services: u32, get: &dyn Fn(&CountRun) -> f64) -> f64 {
+        self.run_of(stack)
+            .and_then(|r| r.counts.iter().find(|c| c.services == services))
+            .map(get)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        Err(_) => Ok(Value::Null),
+    }
+}
+
+/// A figure with `digits` decimals, "—" when missing.
+pub fn num(v: f64, digits: usize) -> String {
+    if v.is_finite() {
+        let text = format!("{v:.digits$}");
+        group_thousands(&text)
+    } else {
+        "—".into()
+    }
+}
+
+fn group_thousands(text: &str) -> String {
+    let (sign, rest) = text.strip_prefix('-').map_or(("", text), |r| ("-", r));
+    let (int, frac) = rest.split_once('.').map_or((rest, ""), |(i, f)| (i, f));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
+}
+
+pub fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+/// Reads one figure of one size's results.
+pub type Getter<'a> = Box<dyn Fn(&CountRun) -> f64 + 'a>;
+
+/// One measure: a row per (number of services, variant), a column per stack, then Weft / each
+/// kube-proxy mode.
+pub struct Measure<'a> {
+    pub title: &'a str,
+    pub unit: &'a str,
+    /// What a ratio above 1 means, said once under the table.
+    pub reading: &'a str,
+    pub digits: usize,
+    pub rows: Vec<(&'a str, Getter<'a>)>,
+}
+
+pub fn table(out: &mut String, inputs: &Inputs, m: &Measure) {
+    let stacks = inputs.stacks();
+    let others: Vec<&str> = stacks.iter().copied().filter(|s| *s != "weft").collect();
+    let _ = writeln!(out, "\n### {}\n", m.title);
+    let mut head = format!(
+        "| services | {} |",
+        if m.rows.len() > 1 { "of" } else { "" }
+    );
+    for s in &stacks {
+        let _ = write!(head, " {s} ({}) |", m.unit);
+    }
+    for s in &others {
+        let _ = write!(head, " Weft / {s} |");
+    }
+    let _ = writeln!(out, "{head}");
+    let _ = writeln!(out, "|{}", " --- |".repeat(2 + stacks.len() + others.len()));
+    for n in inputs.counts() {
+        for (label, get) in &m.rows {
+            let mut row = format!("| {} | {label} |", num(f64::from(n), 0));
+            for s in &stacks {
+                let _ = write!(row, " {} |", num(inputs.value(s, n, get), m.digits));
+            }
+            let weft = inputs.value("weft", n, get);
+            for s in &others {
+                let _ = write!(row, " {} |", ratio(weft, inputs.value(s, n, get)));
+            }
+            let _ = writeln!(out, "{row}");
+        }
+    }
+    let _ = writeln!(out, "\n{}", m.reading);
+}
+
+/// Service path against the direct path (the limit), per stack: the medians over the repeats
+/// and service / direct.
+pub fn limit_table(
+    out: &mut String,
+    inputs: &Inputs,
+    title: &str,
+    get: fn(&Paths) -> &Vec<f64>,
+    digits: usize,
+) {
+    let stacks = inputs.stacks();
+    let _ = writeln!(out, "\n{title}\n");
+    let mut head = String::from("| services |");
+    for s in &stacks {
+        let _ = write!(head, " {s} service | {s} direct | {s} service / direct |");
+    }
+    let _ = writeln!(out, "{head}");
+    let _ = writeln!(out, "|{}", " --- |".repeat(1 + 3 * stacks.len()));
+    for n in inputs.counts() {
+        let mut row = format!("| {} |", num(f64::from(n), 0));
+        for s in &stacks {
+            let service = inputs.value(s, n, &|c| median(get(&c.service)));
+            let direct = inputs.value(s, n, &|c| median(get(&c.direct)));
+            let _ = write!(
+                row,
+                " {} | {} | {} |",
+                num(service, digits),
+                num(direct, digits),
+                ratio(service, direct)
+            );
+        }
+        let _ = writeln!(out, "{row}");
+    }
+}
+
+pub fn render(inputs: &Inputs) -> String {
+    let mut out = String::new();
+    header(&mut out, inputs);
+    data_path(&mut out, inputs);
+    control_path(&mut out, inputs);
+    memory(&mut out, inputs);
+    testrun(&mut out, inputs);
+    out
+}
+
+fn header(out: &mut String, inputs: &Inputs) {
+    let r = &inputs.run;
+    let s = |k: &str| {
+        r[k].as_str()
+            .map(String::from)
+            .unwrap_or_else(|| r[k].to_string())
+    };
+    let _ = writeln!(
+        out,
+        "## Machine and run\n\n{} CPUs ({}), {} GiB, kernel {}. Load average before: {}; after: {}; \
+         {} network namespaces of others on the machine at the start. The whole run took {} s \
+         (`bench/compare` started {}). Knobs: {}.",
+        s("cpus"),
+        s("cpu_model"),
+        s("mem_gib"),
+        s("kernel"),
+        s("load_before"),
+        s("load_after"),
+        s("other_netns"),
+        s("seconds"),
+        s("started"),
+        s("knobs")
+    );
+    for run in &inputs.runs {
+        let _ = writeln!(
+            out,
+            "- {}: lab `{}`, {:.0} s",
+            run.stack, run.lab, run.seconds
+        );
+    }
+}
+
+fn data_path(out: &mut String, inputs: &Inputs) {
+    let _ = writeln!(out, "\n## Data path");
+    table(
+        out,
+        inputs,
+        &Measure {
+            title: "TCP connect latency, p50 (µs): first and last service",
+            unit: "µs",
+            reading: "Lower is better; Weft / mode below 1 means Weft connects faster.",
+            digits: 1,
+            rows: vec![
+                ("first", Box::new(|c: &CountRun| c.connect_first.p50_us)),
+                ("last", Box::new(|c: &CountRun| c.connect_last.p50_us)),
+            ],
+        },
+    );
+    table(
+        out,
+        inputs,
+        &Measure {
+            title: "TCP connect latency, p90 (µs): first and last service",
+            unit: "µs",
+            reading: "Lower is better.",
+            digits: 1,
+            rows: vec![
+                ("first", Box::new(|c: &CountRun| c.connect_first.p90_us)),
+                ("last", Box::new(|c: &CountRun| c.connect_last.p90_us)),
+            ],
+        },
+    );
+    let path_rows = [
+        (
+            "Request/response round trip, p50 (µs), `weft-netbench rr`",
+            "µs",
+            "Lower is better.",
+            1,
+            (|p: &Paths| &p.rr_p50_us) as fn(&Paths) -> &Vec<f64>,
+        ),
+        (
+            "New connections per second, `weft-netbench crr`",
+            "conn/s",
+            "Higher is better; Weft / mode above 1 means Weft opens more connections a second.",
+            0,
+            |p: &Paths| &p.crr_per_s,
+        ),
+        (
+            "Throughput through a service (Gbit/s), iperf3, one stream",
+            "Gbit/s",
+            "Higher is better.",
+            2,
+            |p: &Paths| &p.tput_gbps,
+        ),
+    ];
+    for (title, unit, reading, digits, get) in path_rows {
+        table(
+            out,
+            inputs,
+            &Measure {
+                title,
+                unit,
+                reading,
+                digits,
+                rows: vec![(
+                    "service",
+                    Box::new(move |c: &CountRun| median(get(&c.service))),
+                )],
+            },
+        );
+        limit_table(
+            out,
+            inputs,
+            "Against the limit (client pod straight to the backend pod, no service, same lab; medians over the repeats):",
+            get,
+            digits,
+        );
+    }
+}
+
+fn control_path(out: &mut String, inputs: &Inputs) {
+    let _ = writeln!(out, "\n## Control path");
+    table(
+        out,
+        inputs,
+        &Measure {
+            title: "Time to program the services (ms)",
+            unit: "ms",
+            reading: "Lower is better. Weft: `weft lab apply` of the services added since the previous size (its \
+                  objects written to the manifests directory) until both agents logged the new frontend count. \
+                  kube-proxy: a full sync (rules generated from the model's Services and EndpointSlices, then \
+                  the loader), the slower of the two nodes.",
+            digits: 0,
+            rows: vec![("total", Box::new(|c: &CountRun| c.program.total_ms))],
+        },
+    );
+    let stacks = inputs.stacks();
+    let _ = writeln!(
+        out,
+        "\nIts parts (client node): Weft apply command / agents after it; kube-proxy generation / loader, and the rules and bytes loaded:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| services | stack | added | part 1 ms | part 2 ms | rules | bytes |\n| --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for n in inputs.counts() {
+        for s in &stacks {
+            if let Some(c) = inputs
+                .run_of(s)
+                .and_then(|r| r.counts.iter().find(|c| c.services == n))
+            {
+                let p = &c.program;
+                let _ = writeln!(
+                    out,
+                    "| {} | {s} | {} | {} | {} | {} | {} |",
+                    num(f64::from(n), 0),
+                    num(f64::from(p.added), 0),
+                    num(p.prepare_ms, 0),
+                    num(p.apply_ms, 0),
+                    num(p.rules as f64, 0),
+                    num(p.bytes as f64, 0)
+                );
+            }
+        }
+    }
+    table(
+        out,
+        inputs,
+        &Measure {
+            title: "From changing one endpoint to traffic following it (ms)",
+            unit: "ms",
+            reading: "Lower is better. The last service's endpoint `c` is replaced by pod `a`; the client connects every \
+                  millisecond until `a` answers. Weft: from `weft lab apply` of the slice; kube-proxy: from the \
+                  start of the client node's full re-sync.",
+            digits: 0,
+            rows: vec![("follow", Box::new(|c: &CountRun| c.follow.ms))],
+        },
+    );
+}
+
+fn memory(out: &mut String, inputs: &Inputs) {
+    let _ = writeln!(out, "\n## Memory of the datapath state");
+    table(
+        out,
+        inputs,
+        &Measure {
+            title: "Kernel memory taken by programming (kB): Slab + VmallocUsed + Percpu delta",
+            unit: "kB",
+            reading: "Across the programming step of each size (so per step, not cumulative), whole machine; the \
+                  idle delta below is the same counters over an interval as long right after, i.e. the noise.",
+            digits: 0,
+            rows: vec![
+                (
+                    "step",
+                    Box::new(|c: &CountRun| c.memory.kernel_delta_kb as f64),
+                ),
+                (
+                    "idle",
+                    Box::new(|c: &CountRun| c.memory.idle_delta_kb as f64),
+                ),
+            ],
+        },
+    );
+    let _ = writeln!(
+        out,
+        "\nWeft's maps pinned on the client node (`bytes_memlock`, `bpftool -j -f map show`) and its agent's RSS:\n\n| services | maps | bytes_memlock (MiB) | agent RSS (MiB) |\n| --- | --- | --- | --- |"
+    );
+    if let Some(run) = inputs.run_of("weft") {
+        for c in &run.counts {
+            let m = &c.memory;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                num(f64::from(c.services), 0),
+                m.bpf_maps,
+                num(m.bpf_memlock_bytes as f64 / 1048576.0, 1),
+                num(m.agent_rss_kb as f64 / 1024.0, 1)
+            );
+        }
+    }
+}
+
+fn testrun(out: &mut String, inputs: &Inputs) {
+    let _ = writeln!(
+        out,
+        "\n## BPF_PROG_TEST_RUN, ns per packet (`weft-lbbench testrun`, `northsouth`)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| program | packet | services | median ns | p10 | p90 |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for line in &inputs.testrun {
+        if let Some(kinds) = line["ns"].as_object() {
+            for (kind, ns) in kinds {
+                let _ = writeln!(
+                    out,
+                    "| from_container | {kind} | {} | {} | {} | {} |",
+                    num(line["services"].as_f64().unwrap_or(f64::NAN), 0),
+                    num(ns["median"].as_f64().unwrap_or(f64::NAN), 0),
+                    num(ns["p10"].as_f64().unwrap_or(f64::NAN), 0),
+                    num(ns["p90"].as_f64().unwrap_or(f64::NAN), 0)
+                );
+            }
+        }
+    }
+    for kind in inputs.northsouth["kinds"].as_array().into_iter().flatten() {
+        let label = [&kind["mode"], &kind["packet"]]
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let ns = &kind["ns"];
+        let _ = writeln!(
+            out,
+            "| {} | {label} | 2 | {} | {} | {} |",
+            kind["program"].as_str().unwrap_or("?"),
+            num(ns["median"].as_f64().unwrap_or(f64::NAN), 0),
+            num(ns["p10"].as_f64().unwrap_or(f64::NAN), 0),
+            num(ns["p90"].as_f64().unwrap_or(f64::NAN), 0)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Latency, Program};
+
+    fn run(stack: &str, connect: f64, crr: f64) -> StackRun {
+        StackRun {
+            stack: stack.into(),
+            lab: "x".into(),
+            seconds: 1.0,
+            counts: vec![CountRun {
+                services: 1000,
+                connect_first: Latency {
+                    count: 1,
+                    p50_us: connect,
+                    p90_us: connect,
+                    p99_us: connect,
+                },
+                connect_last: Latency {
+                    count: 1,
+                    p50_us: connect * 2.0,
+                    p90_us: connect,
+                    p99_us: connect,
+                },
+                service: Paths {
+                    crr_per_s: vec![crr, crr * 3.0, crr * 2.0],
+                    ..Paths::default()
+                },
+                direct: Paths {
+                    crr_per_s: vec![crr * 4.0],
+                    ..Paths::default()
+                },
+                program: Program {
+                    total_ms: 5.0,
+                    ..Program::default()
+                },
+                ..CountRun::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn numbers_and_ratios_format() {
+        assert_eq!(num(1234567.891, 1), "1,234,567.9");
+        assert_eq!(num(-1234.0, 0), "-1,234");
+        assert_eq!(num(f64::NAN, 2), "—");
+        assert_eq!(ratio(1.0, 4.0), "0.25");
+        assert_eq!(ratio(1.0, 0.0), "—");
+    }
+
+    #[test]
+    fn tables_compare_weft_with_each_mode_and_with_the_limit() {
+        let inputs = Inputs {
+            runs: vec![run("weft", 10.0, 100.0), run("nftables", 20.0, 50.0)],
+            ..Inputs::default()
+        };
+        let text = render(&inputs);
+        assert!(
+            text.contains("| 1,000 | first | 10.0 | 20.0 | 0.50 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 1,000 | last | 20.0 | 40.0 | 0.50 |"),
+            "{text}"
+        );
+        // crr: medians 200 and 100 -> Weft / nftables 2.00; service / direct 200 / 400.
+        assert!(
+            text.contains("| 1,000 | service | 200 | 100 | 2.00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 1,000 | 200 | 400 | 0.50 | 100 | 200 | 0.50 |"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("iptables-legacy"),
+            "absent stacks have no column"
+        );
+    }
+}
