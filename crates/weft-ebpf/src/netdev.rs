@@ -107,7 +107,11 @@ fn tunneled(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult 
     }
     let ep = lookup::endpoint(h.dst_v4()).ok_or(Reason::UnknownEndpoint)?;
     geneve::decap(ctx, &tunneled)?;
-    if lb::reverse_to_client(ctx, h, node)?.is_none() {
+    // DSR flows are the only ones a node tunnels with the world's identity (the client's address
+    // is kept): pod-to-pod traffic skips the DSR conntrack lookup.
+    if lb::reverse_to_client(ctx, h, node)?.is_none()
+        && (tunneled.dsr.is_some() || tunneled.identity == identity::WORLD)
+    {
         dsr::record(h, tunneled.dsr)?;
     }
     Ok(skb::deliver_to(ctx, &ep)?.with_identity(tunneled.identity))
