@@ -24,21 +24,21 @@ pub struct HealthCheck {
 }
 
 /// The listeners, one per port, and what each answers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HealthServer {
     listeners: BTreeMap<u16, (TcpListener, HealthCheck)>,
-    address: Option<Ipv4Addr>,
+    address: Ipv4Addr,
 }
 
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl HealthServer {
-    /// Answers on `address` (the node's address; unspecified in tests: every address).
+    /// Answers on `address`, the node's address.
     pub fn on(address: Ipv4Addr) -> HealthServer {
         HealthServer {
             listeners: BTreeMap::new(),
-            address: Some(address),
+            address,
         }
     }
 
@@ -72,7 +72,7 @@ impl HealthServer {
     }
 
     fn bind(&self, port: u16) -> anyhow::Result<TcpListener> {
-        let address = SocketAddrV4::new(self.address.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
+        let address = SocketAddrV4::new(self.address, port);
         let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
         listener
             .set_nonblocking(true)

@@ -94,24 +94,11 @@ impl TestHarness {
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect();
-        let mut out = vec![0u8; packet.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&md),
-            ..TestRunOptions::default()
-        };
-        let result = match self.ebpf.program_mut(program) {
-            Some(Program::Xdp(p)) => p.test_run(opts),
-            _ => return Err(anyhow!("no XDP program {program}")),
+        if !matches!(self.ebpf.program(program), Some(Program::Xdp(_))) {
+            return Err(anyhow!("no XDP program {program}"));
         }
-        .with_context(|| format!("BPF_PROG_TEST_RUN of {program} on ifindex {ingress_ifindex}"))?;
-        out.truncate(result.data_size_out as usize);
-        let outcome = RunOutcome {
-            verdict: result.return_value as i32,
-            packet: out,
-        };
-        Ok((outcome, result.duration))
+        self.test_run(program, packet, Some(&md))
+            .with_context(|| format!("on ifindex {ingress_ifindex}"))
     }
 
     /// Runs `program` once on `packet`; also returns how long the run took by the kernel's
@@ -121,10 +108,21 @@ impl TestHarness {
         program: &str,
         packet: &[u8],
     ) -> anyhow::Result<(RunOutcome, Duration)> {
+        self.test_run(program, packet, None)
+    }
+
+    /// One BPF_PROG_TEST_RUN of the tc or XDP program `program`, with `ctx_in` as its context.
+    fn test_run(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+        ctx_in: Option<&[u8]>,
+    ) -> anyhow::Result<(RunOutcome, Duration)> {
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in,
             ..TestRunOptions::default()
         };
         let result = match self.ebpf.program_mut(program) {
