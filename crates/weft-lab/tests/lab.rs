@@ -27,7 +27,11 @@ fn pod_addr(lab: &Topology, pod: &str) -> anyhow::Result<(String, Ipv4Addr)> {
 fn tcp_echo(lab: &Topology, from: &str, to: &str) -> anyhow::Result<()> {
     let (server_ns, server_ip) = pod_addr(lab, to)?;
     let (client_ns, client_ip) = pod_addr(lab, from)?;
-    let server = SocketAddrV4::new(server_ip, 7000);
+    // A port of its own per connection: the previous pair's server socket on a shared port may
+    // still be closing (LAST_ACK) when the next server binds, which then fails.
+    static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(7100);
+    let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let server = SocketAddrV4::new(server_ip, port);
     let msg = format!("hello from {from}");
     let peer = traffic::tcp_echo(&client_ns, &server_ns, server, msg.as_bytes())
         .with_context(|| format!("TCP {from} -> {to} ({server})"))?;
