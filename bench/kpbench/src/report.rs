@@ -334,8 +334,8 @@ fn control_path(out: &mut String, inputs: &Inputs) {
             unit: "ms",
             reading: "Lower is better. Weft: `weft lab apply` of the services added since the previous size (its \
                   objects written to the manifests directory) until both agents logged the new frontend count. \
-                  kube-proxy: a full sync (rules generated from the model's Services and EndpointSlices, then \
-                  the loader), the slower of the two nodes.",
+                  kube-proxy: a full sync of all N services (rules generated from the model's Services and \
+                  EndpointSlices, then the loader), both nodes at once, the slower counted.",
             digits: 0,
             rows: vec![("total", Box::new(|c: &CountRun| c.program.total_ms))],
         },
@@ -377,7 +377,8 @@ fn control_path(out: &mut String, inputs: &Inputs) {
             unit: "ms",
             reading: "Lower is better. The last service's endpoint `c` is replaced by pod `a`; the client connects every \
                   millisecond until `a` answers. Weft: from `weft lab apply` of the slice; kube-proxy: from the \
-                  start of the client node's full re-sync.",
+                  start of the client node's partial sync (top-level chains whole, the changed service's own \
+                  chains, as kube-proxy syncs after a changed EndpointSlice).",
             digits: 0,
             rows: vec![("follow", Box::new(|c: &CountRun| c.follow.ms))],
         },

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use weft_lab::{
     LabSpec, NodeSpec, Topology,
     apply::apply,
-    kube_proxy::{NodeProxy, ProxyMode},
+    kube_proxy::{NodeProxy, ProxyMode, SyncReport},
     runtime::{self, Binaries},
     testing::LabGuard,
 };
@@ -150,8 +150,9 @@ impl StackLab {
 
     /// Replaces endpoint `c` of the last service by `new` (`b` stays); returns how long the
     /// change itself took. Weft: `weft lab apply` of the slice (the agents follow on their
-    /// own); kube-proxy: a full re-sync of the client's node, whose rules the client's packets
-    /// meet (the other node's re-sync follows in [`StackLab::finish_change`]).
+    /// own); kube-proxy: the partial sync of the client's node that the changed slice sets
+    /// off, whose rules the client's packets meet (the other node's follows in
+    /// [`StackLab::finish_change`]).
     pub fn change_last(&mut self, new: Ipv4Addr) -> anyhow::Result<Duration> {
         let b = self.pods.b.ip;
         match &mut self.driver {
@@ -167,8 +168,14 @@ impl StackLab {
                 let text = objects::all(self.services, &first, &last)?;
                 let store = Store::from_manifests([("services.yaml", text.as_str())])?;
                 let started = Instant::now();
-                proxies.first_mut().context("no node")?.sync_store(&store)?;
+                let report = proxies
+                    .first_mut()
+                    .context("no node")?
+                    .sync_store_changes(&store)?;
                 let took = started.elapsed();
+                if report.full || report.services_written != 1 {
+                    bail!("an endpoint change was not one service's partial sync: {report:?}");
+                }
                 *pending = Some(store);
                 Ok(took)
             }
@@ -177,13 +184,13 @@ impl StackLab {
 }
 
 impl StackLab {
-    /// kube-proxy: the other nodes' re-sync of the last change (untimed); Weft: nothing.
+    /// kube-proxy: the other nodes' partial sync of the last change (untimed); Weft: nothing.
     pub fn finish_change(&mut self) -> anyhow::Result<()> {
         if let Driver::KubeProxy { proxies, pending } = &mut self.driver
             && let Some(store) = pending.take()
         {
             for proxy in proxies.iter_mut().skip(1) {
-                proxy.sync_store(&store)?;
+                proxy.sync_store_changes(&store)?;
             }
         }
         Ok(())
@@ -330,12 +337,25 @@ fn tail_since(log: &Path, mark: u64) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// A full sync of `store` on every node, one after the other; the client node's figures, and
-/// as total the slowest node's (the nodes' kube-proxies would sync at the same time).
+/// A full sync of `store` on every node, all at once (each node has its own kube-proxy); the
+/// client node's figures, and as total the slowest node's.
 fn program_kube_proxy(proxies: &mut [NodeProxy], store: &Store) -> anyhow::Result<Program> {
+    let reports: Vec<anyhow::Result<SyncReport>> = thread::scope(|s| {
+        let syncs: Vec<_> = proxies
+            .iter_mut()
+            .map(|proxy| s.spawn(move || proxy.sync_store(store)))
+            .collect();
+        syncs
+            .into_iter()
+            .map(|sync| {
+                sync.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a node's sync panicked")))
+            })
+            .collect()
+    });
     let mut program = Program::default();
-    for (i, proxy) in proxies.iter_mut().enumerate() {
-        let report = proxy.sync_store(store)?;
+    for (i, report) in reports.into_iter().enumerate() {
+        let report = report?;
         let total = ms(report.generate + report.apply);
         if i == 0 {
             program.prepare_ms = ms(report.generate);

@@ -17,7 +17,7 @@ use weft_datapath::Datapath;
 use crate::{agent::Agent, files::remove_if_present, log, source::Source};
 
 /// How often the source is polled.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(300);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the datapath is reconciled when nothing changed (it may have drifted).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the loop sleeps when there is nothing to do.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use weft_model::Store;
+use weft_model::{ManifestCache, Store};
 
 pub trait Source {
     /// The whole cluster state when it changed since the last call, `Ok(None)` when it did not.
@@ -23,9 +23,11 @@ pub trait Source {
 /// compared by contents. A poll looks at the directory's modification time first (every write
 /// through a rename, as the lab and the agents do, changes it) and lists it again only when it
 /// changed or [`FULL_SCAN_INTERVAL`] has passed (which catches files edited in place); a
-/// listing reads only the files whose size, modification time or inode changed.
+/// listing reads only the files whose size, modification time or inode changed, and parses
+/// only those whose text changed.
 pub struct ManifestsSource {
     dir: PathBuf,
+    cache: ManifestCache,
     last: Option<BTreeMap<String, String>>,
     stamps: BTreeMap<String, FileStamp>,
     dir_stamp: Option<SystemTime>,
@@ -57,6 +59,7 @@ impl ManifestsSource {
     pub fn new(dir: PathBuf) -> ManifestsSource {
         ManifestsSource {
             dir,
+            cache: ManifestCache::default(),
             last: None,
             stamps: BTreeMap::new(),
             dir_stamp: None,
@@ -144,7 +147,9 @@ impl Source for ManifestsSource {
         if self.last.as_ref() == Some(&files) {
             return Ok(None);
         }
-        let store = Store::from_manifests(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        let store = self
+            .cache
+            .store(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
         self.last = Some(files);
         Ok(Some(store.with_context(|| {
             format!("manifests in {}", self.dir.display())

@@ -642,7 +642,7 @@ fn the_loop_serves_the_socket_follows_the_source_and_survives_a_bad_manifest() {
         assert!(status.ready);
 
         fs::write(manifests.join("vps2.yaml"), VPS2).unwrap();
-        // Several polls (300 ms each) pass: vps2 is in the store and the ipcache.
+        // Several polls (100 ms each) pass: vps2 is in the store and the ipcache.
         thread::sleep(Duration::from_millis(1000));
         fs::write(manifests.join("broken.yaml"), "kind: [").unwrap();
         fs::remove_file(manifests.join("vps2.yaml")).unwrap();

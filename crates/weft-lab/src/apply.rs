@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use weft_model::{
-    ClusterConfig, Ipv4Cidr,
+    ClusterConfig, Ipv4Cidr, ManifestCache,
     endpointslice::is_derived,
     k8s::{ClusterIp, Object, Service, parse_manifest, with_cluster_ip},
     store::Store,
@@ -22,7 +22,7 @@ use crate::{
     host,
     north_south::{settle_north_south, with_north_south},
     runtime::{self, Binaries, PodRecord, PodRequest},
-    slices::{SliceChanges, sync_endpoint_slices},
+    slices::{SliceChanges, sync_slices_of},
     topology::Topology,
 };
 
@@ -227,6 +227,72 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
+/// The manifests directory as one command sees it: read once, parsed once, and kept up to date
+/// with what the command writes (each later [`Manifests::store`] parses only changed files).
+pub(crate) struct Manifests {
+    dir: PathBuf,
+    files: BTreeMap<String, String>,
+    cache: ManifestCache,
+    dir_made: bool,
+}
+
+impl Manifests {
+    pub(crate) fn read(dir: &Path) -> anyhow::Result<Manifests> {
+        Ok(Manifests {
+            dir: dir.to_path_buf(),
+            files: current_files(dir)?,
+            cache: ManifestCache::default(),
+            dir_made: false,
+        })
+    }
+
+    /// Reads the files again (others write into the directory too), keeping the parses.
+    fn read_again(&mut self) -> anyhow::Result<()> {
+        self.files = current_files(&self.dir)?;
+        Ok(())
+    }
+
+    pub(crate) fn files(&self) -> &BTreeMap<String, String> {
+        &self.files
+    }
+
+    /// The objects of the directory as it is now.
+    pub(crate) fn store(&mut self) -> anyhow::Result<Store> {
+        let files = self.files.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.cache
+            .store(files)
+            .with_context(|| format!("loading the objects of {}", self.dir.display()))
+    }
+
+    /// The objects the directory would hold with `changes` written, without writing them.
+    fn store_with(&mut self, changes: &[(String, String)]) -> anyhow::Result<Store> {
+        let mut files = self.files.clone();
+        files.extend(changes.iter().cloned());
+        let files = files.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        Ok(self.cache.store(files)?)
+    }
+
+    pub(crate) fn write(&mut self, file: &str, text: &str) -> anyhow::Result<()> {
+        if !self.dir_made {
+            host::create_dir_all(&self.dir)?;
+            self.dir_made = true;
+        }
+        write_atomically(&self.dir.join(file), text)?;
+        self.files.insert(file.to_string(), text.to_string());
+        Ok(())
+    }
+
+    /// Removes `file`; false when it was not there.
+    pub(crate) fn remove(&mut self, file: &str) -> anyhow::Result<bool> {
+        self.files.remove(file);
+        match fs::remove_file(self.dir.join(file)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing {file}")),
+        }
+    }
+}
+
 /// Puts the objects of `paths` into the lab and starts the Pods among them.
 pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result<ApplyReport> {
     let docs = read_documents(paths)?;
@@ -235,38 +301,38 @@ pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result
             .with_context(|| format!("{} ({})", doc.origin, describe(&doc.object)))?;
     }
     let config = runtime::cluster_config(&t.name)?;
-    let (objects, warnings) = put_documents(&runtime::manifests_dir(&t.name), docs, &config)?;
+    let mut manifests = Manifests::read(&runtime::manifests_dir(&t.name))?;
+    let (objects, warnings) = put_documents(&mut manifests, docs, &config)?;
     let mut report = ApplyReport {
         objects,
         warnings,
         ..ApplyReport::default()
     };
-    reconcile_pods(t, bins, &mut report)?;
+    reconcile_pods_of(t, bins, &mut manifests, &mut report)?;
     Ok(report)
 }
 
-/// Writes `docs` into manifests directory `dir`, Services with the clusterIP, node ports and
+/// Writes `docs` into the manifests directory, Services with the clusterIP, node ports and
 /// ingress address they get, once the whole directory with them is known to load; what was
 /// written, described, and warnings.
 fn put_documents(
-    dir: &Path,
+    manifests: &mut Manifests,
     mut docs: Vec<Document>,
     config: &ClusterConfig,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let mut files = current_files(dir)?;
-    let stored = Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .context("the lab's objects do not load")?;
+    let stored = manifests.store().context("the lab's objects do not load")?;
     give_cluster_ips(&mut docs, &stored, config.service_cidr)?;
     let warnings = give_north_south(&mut docs, &stored, config)?;
-    for doc in &docs {
-        files.insert(doc.file_name.clone(), doc.text.clone());
-    }
-    Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    let changes: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| (d.file_name.clone(), d.text.clone()))
+        .collect();
+    manifests
+        .store_with(&changes)
         .context("the lab's objects with these applied would not load")?;
-    host::create_dir_all(dir)?;
     let mut described = Vec::new();
     for doc in &docs {
-        write_atomically(&dir.join(&doc.file_name), &doc.text)?;
+        manifests.write(&doc.file_name, &doc.text)?;
         described.push(describe(&doc.object));
     }
     Ok((described, warnings))
@@ -341,16 +407,14 @@ fn service_of(doc: &Document) -> Option<&Service> {
 /// Removes the objects of `paths` from the lab, stopping the Pods among them.
 pub fn delete(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result<ApplyReport> {
     let docs = read_documents(paths)?;
-    let dir = runtime::manifests_dir(&t.name);
+    let mut manifests = Manifests::read(&runtime::manifests_dir(&t.name))?;
     let mut report = ApplyReport::default();
     for doc in &docs {
-        match fs::remove_file(dir.join(&doc.file_name)) {
-            Ok(()) => report.objects.push(describe(&doc.object)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", doc.file_name)),
+        if manifests.remove(&doc.file_name)? {
+            report.objects.push(describe(&doc.object));
         }
     }
-    reconcile_pods(t, bins, &mut report)?;
+    reconcile_pods_of(t, bins, &mut manifests, &mut report)?;
     Ok(report)
 }
 
@@ -363,8 +427,25 @@ pub fn reconcile_pods(
     bins: &Binaries,
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
-    let pods = start_and_stop_pods(t, bins, report);
-    let slices = sync_endpoint_slices(&runtime::manifests_dir(&t.name));
+    let mut manifests = Manifests::read(&runtime::manifests_dir(&t.name))?;
+    reconcile_pods_of(t, bins, &mut manifests, report)
+}
+
+fn reconcile_pods_of(
+    t: &Topology,
+    bins: &Binaries,
+    manifests: &mut Manifests,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let store = manifests.store()?;
+    let pods = start_and_stop_pods(t, bins, &store, report);
+    // Pods that started or stopped wrote or removed their WeftEndpoints.
+    let store = if report.started.is_empty() && report.stopped.is_empty() {
+        Ok(store)
+    } else {
+        manifests.read_again().and_then(|()| manifests.store())
+    };
+    let slices = store.and_then(|store| sync_slices_of(manifests, &store));
     pods?;
     report.slices = slices?;
     Ok(())
@@ -373,10 +454,9 @@ pub fn reconcile_pods(
 fn start_and_stop_pods(
     t: &Topology,
     bins: &Binaries,
+    store: &Store,
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
-    let files = current_files(&runtime::manifests_dir(&t.name))?;
-    let store = Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let running = runtime::running_pods(&t.name)?;
     let mut errors = Vec::new();
     for record in &running {
@@ -478,7 +558,7 @@ mod tests {
         let config = ClusterConfig::from_yaml(&format!(
             "serviceCIDR: 10.43.0.0/16\nnodePort: {{range: \"{range}\"}}\n"
         ))?;
-        put_documents(&dir.0, docs, &config)
+        put_documents(&mut Manifests::read(&dir.0)?, docs, &config)
     }
 
     fn node_ports(svc: &Service) -> Vec<Option<u16>> {

@@ -6,7 +6,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
     path::Path,
 };
 
@@ -17,7 +16,7 @@ use weft_model::{
     k8s::EndpointSlice,
 };
 
-use crate::apply::{current_files, write_atomically};
+use crate::apply::Manifests;
 
 /// Prefix of the derived slices' files. `apply` names its files `<kind>_<namespace>_<name>`,
 /// so no applied object's file starts with it.
@@ -56,29 +55,37 @@ fn slice_of_file(file: &str) -> Option<String> {
 /// Brings the derived EndpointSlices of manifests directory `dir` to what its Services, Pods
 /// and WeftEndpoints give.
 pub fn sync_endpoint_slices(dir: &Path) -> anyhow::Result<SliceChanges> {
-    let files = current_files(dir)?;
-    let store = Store::from_manifests(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .with_context(|| format!("loading the objects of {}", dir.display()))?;
-    let wanted = wanted_files(&store)?;
+    let mut manifests = Manifests::read(dir)?;
+    let store = manifests.store()?;
+    sync_slices_of(&mut manifests, &store)
+}
+
+/// [`sync_endpoint_slices`] of directory `manifests`, whose objects are `store`.
+pub(crate) fn sync_slices_of(
+    manifests: &mut Manifests,
+    store: &Store,
+) -> anyhow::Result<SliceChanges> {
+    let wanted = wanted_files(store)?;
     let mut changes = SliceChanges::default();
     for (file, text) in &wanted {
-        if files.get(file) != Some(text) {
-            write_atomically(&dir.join(file), text)?;
+        if manifests.files().get(file) != Some(text) {
+            manifests.write(file, text)?;
             changes
                 .written
                 .push(slice_of_file(file).unwrap_or_else(|| file.clone()));
         }
     }
-    let stale = files
+    let stale: Vec<String> = manifests
+        .files()
         .keys()
-        .filter(|f| f.starts_with(DERIVED_SLICE_FILE_PREFIX) && !wanted.contains_key(*f));
+        .filter(|f| f.starts_with(DERIVED_SLICE_FILE_PREFIX) && !wanted.contains_key(*f))
+        .cloned()
+        .collect();
     for file in stale {
-        match fs::remove_file(dir.join(file)) {
-            Ok(()) => changes
+        if manifests.remove(&file)? {
+            changes
                 .removed
-                .push(slice_of_file(file).unwrap_or_else(|| file.clone())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {file}")),
+                .push(slice_of_file(&file).unwrap_or_else(|| file.clone()));
         }
     }
     Ok(changes)

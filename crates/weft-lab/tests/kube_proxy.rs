@@ -1,7 +1,7 @@
 //! L3 (root): the kube-proxy baseline lab, in each of its three modes — pods routed by the
 //! kernel, a ClusterIP Service implemented by kube-proxy's rules, real sockets. The client pod
 //! reaches both backends through the ClusterIP with its own address kept, pods talk across
-//! nodes, an endpoint change is followed after a re-sync, and `down` leaves nothing.
+//! nodes, an endpoint change is followed after a partial re-sync and undone, and `down` leaves nothing.
 
 use std::{
     io::{Read as _, Write as _},
@@ -123,10 +123,21 @@ fn reach_all(netns: &str, expected: &[&Backend]) -> anyhow::Result<()> {
     anyhow::bail!("only {answered:?} answered through {CLUSTER_IP}")
 }
 
-fn sync_all(proxies: &mut [NodeProxy], store: &Store) -> anyhow::Result<()> {
+/// A full sync on every node, or a partial one (kube-proxy's answer to a changed slice).
+fn sync_all(proxies: &mut [NodeProxy], store: &Store, full: bool) -> anyhow::Result<()> {
     for proxy in proxies {
-        let report = proxy.sync_store(store)?;
-        ensure!(report.service_ports == 1 && report.rules > 0, "{report:?}");
+        let report = if full {
+            proxy.sync_store(store)?
+        } else {
+            proxy.sync_store_changes(store)?
+        };
+        ensure!(
+            report.service_ports == 1
+                && report.rules > 0
+                && report.full == full
+                && report.services_written == 1,
+            "{report:?}"
+        );
     }
     Ok(())
 }
@@ -155,10 +166,8 @@ fn service_through_kube_proxy(mode: ProxyMode) -> anyhow::Result<()> {
         .map(|p| lab.find_pod(p).map(|(_, s)| s.ip).context("pod"))
         .collect::<anyhow::Result<_>>()?;
     let mut proxies: Vec<NodeProxy> = lab.nodes.iter().map(|n| NodeProxy::new(n, mode)).collect();
-    sync_all(
-        &mut proxies,
-        &Store::from_manifests([("a.yaml", objects(&ips).as_str())])?,
-    )?;
+    let both = Store::from_manifests([("a.yaml", objects(&ips).as_str())])?;
+    sync_all(&mut proxies, &both, true)?;
     reach_all(&client_pod.netns, &[&backends[0], &backends[1]])?;
     for backend in &backends {
         let peers = backend.peers();
@@ -171,15 +180,19 @@ fn service_through_kube_proxy(mode: ProxyMode) -> anyhow::Result<()> {
         );
     }
 
-    // Endpoint change: only b is left; after a re-sync every connection goes to b.
+    // Endpoint change: only b is left; after a partial sync every connection goes to b.
     sync_all(
         &mut proxies,
         &Store::from_manifests([("b.yaml", objects(&ips[1..]).as_str())])?,
+        false,
     )?;
     for _ in 0..8 {
         let answer = ask(&client_pod.netns)?;
         ensure!(answer == b, "{answer} answered after it left the slice");
     }
+    // And back: a's chain, deleted with the previous change, is made again.
+    sync_all(&mut proxies, &both, false)?;
+    reach_all(&client_pod.netns, &[&backends[0], &backends[1]])?;
     drop(backends);
 
     lab.down()?;

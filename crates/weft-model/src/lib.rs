@@ -20,4 +20,4 @@ pub mod store;
 
 pub use cidr::{CidrError, Ipv4Cidr};
 pub use config::{Acceleration, ClusterConfig, LbAlgorithm, LbMode};
-pub use store::{Store, StoreError};
+pub use store::{ManifestCache, Store, StoreError};

@@ -44,23 +44,7 @@ impl Store {
     pub fn from_manifests<'a>(
         files: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Store, StoreError> {
-        let mut store = Store::default();
-        let mut origin: BTreeMap<(&'static str, String), String> = BTreeMap::new();
-        for (file, text) in files {
-            for object in parse_manifest(file, text)? {
-                let key = (object.kind(), object_key(&object));
-                if let Some(first) = origin.insert(key.clone(), file.to_string()) {
-                    return Err(StoreError::Duplicate {
-                        kind: key.0,
-                        name: key.1,
-                        first,
-                        second: file.to_string(),
-                    });
-                }
-                store.insert(object);
-            }
-        }
-        Ok(store)
+        ManifestCache::default().store(files)
     }
 
     /// Replaces the contents with those of a new snapshot; when the snapshot does not load,
@@ -148,6 +132,65 @@ fn namespaced_key(metadata: &crate::k8s::ObjectMeta) -> (String, String) {
     (metadata.namespace().to_string(), metadata.name.clone())
 }
 
+/// The objects of the manifest files last loaded, by file name, with the text they came from:
+/// loading a snapshot parses only the files whose text changed since (parsing is what a
+/// snapshot of thousands of files costs; putting the objects together again is cheap).
+#[derive(Clone, Debug, Default)]
+pub struct ManifestCache {
+    parsed: BTreeMap<String, (String, Vec<Object>)>,
+}
+
+impl ManifestCache {
+    /// The store of a snapshot, as [`Store::from_manifests`] gives it. On an error the cache
+    /// still holds the files that parsed.
+    pub fn store<'a>(
+        &mut self,
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Store, StoreError> {
+        let mut parsed = BTreeMap::new();
+        let mut result = Ok(());
+        for (file, text) in files {
+            let objects = match self.parsed.remove(file) {
+                Some((cached, objects)) if cached == text => objects,
+                _ => match parse_manifest(file, text) {
+                    Ok(objects) => objects,
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                },
+            };
+            parsed.insert(file.to_string(), (text.to_string(), objects));
+        }
+        if let Err(e) = result {
+            self.parsed.append(&mut parsed);
+            return Err(e);
+        }
+        self.parsed = parsed;
+        self.assemble()
+    }
+
+    fn assemble(&self) -> Result<Store, StoreError> {
+        let mut store = Store::default();
+        let mut origin: BTreeMap<(&'static str, String), &str> = BTreeMap::new();
+        for (file, (_, objects)) in &self.parsed {
+            for object in objects {
+                let key = (object.kind(), object_key(object));
+                if let Some(first) = origin.insert(key.clone(), file) {
+                    return Err(StoreError::Duplicate {
+                        kind: key.0,
+                        name: key.1,
+                        first: first.to_string(),
+                        second: file.clone(),
+                    });
+                }
+                store.insert(object.clone());
+            }
+        }
+        Ok(store)
+    }
+}
+
 fn object_key(object: &Object) -> String {
     match object {
         Object::Pod(p) => format!("{}/{}", p.metadata.namespace(), p.metadata.name),
@@ -179,6 +222,33 @@ mod tests {
             store.pod("default", "web").unwrap().metadata.labels["app"],
             "web"
         );
+    }
+
+    #[test]
+    fn the_cache_loads_every_snapshot_as_a_fresh_load_would() {
+        let pod2 = POD.replace("name: web", "name: api");
+        let snapshots: Vec<Vec<(&str, &str)>> = vec![
+            vec![("node.yaml", NODE), ("pod.yaml", POD)],
+            // A file changed, one added, one unchanged.
+            vec![
+                ("node.yaml", NODE),
+                ("pod.yaml", &pod2),
+                ("svc.yaml", SERVICES),
+            ],
+            // A file gone; an object moved to another file.
+            vec![("moved.yaml", NODE), ("svc.yaml", SERVICES)],
+            // The same object in two files.
+            vec![("moved.yaml", NODE), ("node.yaml", NODE)],
+            vec![("bad.yaml", "kind: ["), ("svc.yaml", SERVICES)],
+            vec![("svc.yaml", SERVICES), ("pod.yaml", POD)],
+            vec![],
+        ];
+        let mut cache = ManifestCache::default();
+        for files in snapshots {
+            let fresh = Store::from_manifests(files.iter().copied());
+            let cached = cache.store(files.iter().copied());
+            assert_eq!(cached, fresh, "{files:?}");
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! kube-proxy's iptables proxier, as text for `iptables-restore --noflush`: the jump rules it
-//! ensures once ([`jump_rules`]) and the filter and nat tables of one full sync
-//! ([`sync_rules`]), line for line in the shape `syncProxyRules` writes them.
+//! ensures once ([`jump_rules`]) and the filter and nat tables of one sync ([`sync_rules`]),
+//! full or partial, line for line in the shape `syncProxyRules` writes them.
 
 use std::collections::BTreeSet;
 
-use super::{CLUSTER_CIDR, Endpoint, MASQUERADE_MARK, ServicePort, hash_prefix};
+use super::{CLUSTER_CIDR, Endpoint, MASQUERADE_MARK, Scope, ServicePort, hash_prefix};
 
 const KUBE_SERVICES: &str = "KUBE-SERVICES";
 const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
@@ -207,9 +207,15 @@ impl Buffers {
     }
 }
 
-/// One full sync of `ports`. `previous` are the per-service chains the last sync wrote: those
-/// no longer wanted are flushed and deleted (`-X`).
-pub fn sync_rules(ports: &[ServicePort], previous: &BTreeSet<String>) -> IptablesSync {
+/// One sync of `ports` after the one that wrote the per-service chains `previous`: every
+/// top-level chain whole, and the per-service chains of the services `scope` names; chains no
+/// longer wanted are flushed and deleted (`-X`). kube-proxy defers that deletion in large
+/// clusters (over 1,000 endpoints) to one sync per sync period; here it happens every time.
+pub fn sync_rules(
+    ports: &[ServicePort],
+    previous: &BTreeSet<String>,
+    scope: Scope,
+) -> IptablesSync {
     let endpoints: usize = ports.iter().map(|p| p.endpoints.len()).sum();
     let mut b = Buffers {
         large_cluster: endpoints > LARGE_CLUSTER_ENDPOINTS,
@@ -217,7 +223,7 @@ pub fn sync_rules(ports: &[ServicePort], previous: &BTreeSet<String>) -> Iptable
     };
     top_level(&mut b);
     for port in ports {
-        service(&mut b, port);
+        service(&mut b, port, scope.writes(&port.service));
     }
     for stale in previous.difference(&b.service_chains.clone()) {
         if SERVICE_CHAIN_PREFIXES.iter().any(|p| stale.starts_with(p)) {
@@ -275,7 +281,9 @@ fn top_level(b: &mut Buffers) {
     ));
 }
 
-fn service(b: &mut Buffers, port: &ServicePort) {
+/// The service's rules in the top-level chains, and its own chains when `write_chains` (else
+/// only their names, which stay in use).
+fn service(b: &mut Buffers, port: &ServicePort, write_chains: bool) {
     let name = port.name_string();
     let proto = port.proto();
     let matches = format!(
@@ -298,6 +306,15 @@ fn service(b: &mut Buffers, port: &ServicePort) {
         node_port_rules(b, port, node_port, &ext_chain);
     }
     if !has_endpoints {
+        return;
+    }
+    if !write_chains {
+        b.service_chains.insert(svc_chain);
+        if port.node_port.is_some() {
+            b.service_chains.insert(ext_chain);
+        }
+        let endpoints = port.endpoints.iter().map(|e| endpoint_chain(port, e));
+        b.service_chains.extend(endpoints);
         return;
     }
     b.nat_rules.push(format!(
@@ -396,12 +413,16 @@ fn tail(b: &mut Buffers) {
 mod tests {
     use super::*;
     use crate::kube_proxy::{
-        service_ports,
+        changed_services, service_ports,
         tests::{OBJECTS, changed, store},
     };
 
     fn golden(objects: &str) -> IptablesSync {
-        sync_rules(&service_ports(&store(objects), "vps1"), &BTreeSet::new())
+        sync_rules(
+            &service_ports(&store(objects), "vps1"),
+            &BTreeSet::new(),
+            Scope::Full,
+        )
     }
 
     const GOLDEN: &str = include_str!("testdata/iptables.golden");
@@ -421,7 +442,7 @@ mod tests {
     fn an_endpoint_change_rewrites_its_chains_and_deletes_the_old_one() {
         let first = golden(OBJECTS);
         let ports = service_ports(&store(&changed()), "vps1");
-        let second = sync_rules(&ports, &first.service_chains);
+        let second = sync_rules(&ports, &first.service_chains, Scope::Full);
         assert_eq!(second.text, GOLDEN_CHANGED, "got:\n{}", second.text);
         let gone: Vec<&String> = first
             .service_chains
@@ -429,6 +450,55 @@ mod tests {
             .collect();
         assert_eq!(gone.len(), 1, "{gone:?}");
         assert!(second.text.contains(&format!("-X {}\n", gone[0])));
+    }
+
+    #[test]
+    fn a_partial_sync_writes_the_top_level_chains_whole_and_only_the_changed_services_chains() {
+        let first = golden(OBJECTS);
+        let before = service_ports(&store(OBJECTS), "vps1");
+        let after = service_ports(&store(&changed()), "vps1");
+        let changed = changed_services(&before, &after);
+        let names: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names, ["shop/web"]);
+        let partial = sync_rules(&after, &first.service_chains, Scope::Changed(&changed));
+        let full = sync_rules(&after, &first.service_chains, Scope::Full);
+        assert_eq!(partial.service_chains, full.service_chains);
+
+        let dns = &after[0];
+        let untouched = [service_chain(dns), external_chain(dns)];
+        for chain in &untouched {
+            assert!(
+                !partial.text.contains(&format!(":{chain} ")),
+                "{chain} was written"
+            );
+            assert!(
+                !partial.text.contains(&format!("-A {chain} ")),
+                "{chain} was written"
+            );
+            // Still reached from the top level, whose chains are rewritten whole.
+            assert!(
+                partial.text.contains(&format!("-j {chain}\n")),
+                "{chain} lost its jump"
+            );
+        }
+        // Every line of the partial sync is a line of the full one, in the same order.
+        let mut full_lines = full.text.lines();
+        for line in partial.text.lines() {
+            assert!(
+                full_lines.any(|l| l == line),
+                "{line:?} is not in the full sync"
+            );
+        }
+        let web = &after[2];
+        assert!(
+            partial
+                .text
+                .contains(&format!(":{} - [0:0]\n", service_chain(web)))
+        );
+        assert!(partial.text.contains("--to-destination 10.42.2.11:8080\n"));
+        let gone = endpoint_chain(&before[2], &before[2].endpoints[1]);
+        assert!(partial.text.contains(&format!("-X {gone}\n")));
+        assert!(partial.rules < full.rules);
     }
 
     #[test]
@@ -452,7 +522,7 @@ mod tests {
             endpoints: many,
             ..web
         };
-        let text = sync_rules(&[big], &BTreeSet::new()).text;
+        let text = sync_rules(&[big], &BTreeSet::new(), Scope::Full).text;
         assert!(!text.contains("\"shop/web:http -> "));
         assert!(text.contains("\"shop/web:http cluster IP\""));
         assert!(

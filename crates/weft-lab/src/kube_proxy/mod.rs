@@ -4,8 +4,9 @@
 //!
 //! [`iptables`] and [`nftables`] are pure generators: Service ports in, the exact text kube-proxy
 //! hands to `iptables-restore` or `nft -f` out. [`NodeProxy`] applies that text inside a node's
-//! network namespace, one full re-sync per call (what kube-proxy's sync loop does after a
-//! restart or a failure), and times it.
+//! network namespace and times it: a full sync (what kube-proxy's sync loop does at start and
+//! after a failure) or a partial one (what it does after a Service or EndpointSlice changed:
+//! only the changed services' chains are written, see [`Scope`]).
 //!
 //! What is modelled is what the benchmarks use: ClusterIP and NodePort Services with the
 //! Cluster traffic policies, ready endpoints, `--cluster-cidr` as the local-traffic detector,
@@ -16,7 +17,12 @@ pub mod iptables;
 pub mod nftables;
 mod node;
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -127,6 +133,49 @@ impl ServicePort {
             Protocol::Sctp => "sctp",
         }
     }
+}
+
+/// Which services' own chains a sync writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every service's: kube-proxy's full sync, at start and after a failed one.
+    Full,
+    /// Only these services' (changed since the previous sync); the others' chains stay as they
+    /// are in the kernel. The top-level chains (`KUBE-SERVICES`, ...) are still rewritten whole
+    /// in iptables mode, as kube-proxy's partial sync does.
+    Changed(&'a BTreeSet<ServiceName>),
+}
+
+impl Scope<'_> {
+    pub fn writes(&self, service: &ServiceName) -> bool {
+        match self {
+            Scope::Full => true,
+            Scope::Changed(changed) => changed.contains(service),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        matches!(self, Scope::Full)
+    }
+}
+
+/// The services whose ports or endpoints differ between two syncs' inputs (added and removed
+/// ones included): what kube-proxy's change trackers report to a partial sync.
+pub fn changed_services(before: &[ServicePort], after: &[ServicePort]) -> BTreeSet<ServiceName> {
+    fn by_service(ports: &[ServicePort]) -> BTreeMap<&ServiceName, Vec<&ServicePort>> {
+        let mut out: BTreeMap<&ServiceName, Vec<&ServicePort>> = BTreeMap::new();
+        for port in ports {
+            out.entry(&port.service).or_default().push(port);
+        }
+        out
+    }
+    let (before, after) = (by_service(before), by_service(after));
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|svc| before.get(*svc) != after.get(*svc))
+        .map(|svc| (*svc).clone())
+        .collect()
 }
 
 /// The Service ports of `store` as node `node`'s kube-proxy sees them, sorted by name: every

@@ -1,12 +1,20 @@
-//! kube-proxy's nftables proxier, as the `nft -f` transaction of one full sync: table
+//! kube-proxy's nftables proxier, as the `nft -f` transaction of one sync: table
 //! `ip kube-proxy`, its base and jump chains, the `service-ips` / `service-nodeports` verdict
 //! maps, a chain per service port choosing an endpoint with `numgen random mod N vmap`, a chain
 //! per endpoint that DNATs, and masquerading by mark. Written in the order and shape the
-//! proxier's `setupNFTables` and `syncProxyRules` give knftables.
+//! proxier's `setupNFTables` and `syncProxyRules` give knftables. A full sync recreates the
+//! base chains and refills every set and map; a partial one writes the changed services'
+//! chains and only the map elements that differ from what the previous sync left.
 
-use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::Ipv4Addr,
+};
 
-use super::{CLUSTER_CIDR, Endpoint, MASQUERADE_MARK, SERVICE_CIDR, ServicePort, hash_prefix};
+use super::{
+    CLUSTER_CIDR, Endpoint, MASQUERADE_MARK, SERVICE_CIDR, Scope, ServicePort, hash_prefix,
+};
 
 /// Every object is `<kind> ip kube-proxy <name>`.
 const TABLE: &str = "ip kube-proxy";
@@ -64,6 +72,8 @@ pub struct NftState {
     /// Chains flushed by the last sync because no service used them any more: deleted by the
     /// next one, once no map element can refer to them.
     pub stale_chains: BTreeSet<String>,
+    /// The elements of the sets and maps: (container, key) -> value (`""` in a set).
+    pub elements: BTreeMap<(String, String), String>,
 }
 
 /// One sync: the stale chains to delete first (a transaction of its own, as kube-proxy runs
@@ -108,53 +118,115 @@ fn chain_name_base(port: &ServicePort) -> String {
 }
 
 /// The transaction being written, and the chains it made sure of.
-struct Tx {
+struct Tx<'a> {
     text: String,
     chains: BTreeSet<String>,
     rules: usize,
+    /// Writing the chains of the service at hand (else only noting their names).
+    writing: bool,
+    /// A partial sync: the elements the kernel holds now; only differences are written.
+    present: Option<&'a BTreeMap<(String, String), String>>,
+    /// Every element the sync wants.
+    elements: BTreeMap<(String, String), String>,
 }
 
-impl Tx {
+impl Tx<'_> {
     fn line(&mut self, line: std::fmt::Arguments) {
         let _ = self.text.write_fmt(line);
         self.text.push('\n');
     }
 
-    /// `ensureChain`: add and flush a regular chain, once per transaction.
+    /// `ensureChain`: add and flush a regular chain, once per transaction (or only note it,
+    /// for a service a partial sync leaves alone).
     fn ensure_chain(&mut self, chain: &str) {
-        if self.chains.insert(chain.to_string()) {
+        if self.chains.insert(chain.to_string()) && self.writing {
             self.line(format_args!("add chain {TABLE} {chain}"));
             self.line(format_args!("flush chain {TABLE} {chain}"));
         }
     }
 
     fn rule(&mut self, chain: &str, rule: &str) {
+        if !self.writing {
+            return;
+        }
         self.rules += 1;
         self.line(format_args!("add rule {TABLE} {chain} {rule}"));
     }
 
+    /// `ensureElem`: a full sync adds every element (the containers were flushed); a partial
+    /// one adds the missing ones and replaces those whose value changed.
     fn element(&mut self, container: &str, key: &str, comment: Option<&str>, value: &str) {
+        let id = (container.to_string(), key.to_string());
+        let known = self
+            .elements
+            .get(&id)
+            .or_else(|| self.present.and_then(|p| p.get(&id)))
+            .cloned();
+        self.elements.insert(id, value.to_string());
+        match known {
+            Some(v) if v == value => return,
+            Some(_) => self.line(format_args!(
+                "delete element {TABLE} {container} {{ {key} }}"
+            )),
+            None => {}
+        }
         let comment = comment
             .map(|c| format!(" comment \"{c}\""))
             .unwrap_or_default();
+        let value = if value.is_empty() {
+            String::new()
+        } else {
+            format!(" : {value}")
+        };
         self.line(format_args!(
-            "add element {TABLE} {container} {{ {key}{comment} : {value} }}"
+            "add element {TABLE} {container} {{ {key}{comment}{value} }}"
         ));
+    }
+
+    /// A partial sync deletes the elements no service wants any more.
+    fn delete_leftover_elements(&mut self) {
+        let Some(present) = self.present else {
+            return;
+        };
+        let leftovers: Vec<&(String, String)> = present
+            .keys()
+            .filter(|id| !self.elements.contains_key(*id))
+            .collect();
+        for (container, key) in leftovers {
+            self.line(format_args!(
+                "delete element {TABLE} {container} {{ {key} }}"
+            ));
+        }
     }
 }
 
-/// One full sync of `ports` on a node whose NodePort address is `node_ip`, after `previous`.
-pub fn sync_rules(ports: &[ServicePort], node_ip: Ipv4Addr, previous: &NftState) -> NftSync {
+/// One sync of `ports` on a node whose NodePort address is `node_ip`, after `previous`; the
+/// first sync is always full.
+pub fn sync_rules(
+    ports: &[ServicePort],
+    node_ip: Ipv4Addr,
+    previous: &NftState,
+    scope: Scope,
+) -> NftSync {
+    let full = scope.is_full() || !previous.flushed;
     let mut tx = Tx {
         text: String::new(),
         chains: BTreeSet::new(),
         rules: 0,
+        writing: true,
+        present: (!full).then_some(&previous.elements),
+        elements: BTreeMap::new(),
     };
-    setup(&mut tx, node_ip, previous.flushed);
+    if full {
+        setup(&mut tx, node_ip, previous.flushed);
+    }
     let top_level = tx.chains.clone();
     for port in ports {
+        tx.writing = full || scope.writes(&port.service);
         service(&mut tx, port);
     }
+    tx.writing = true;
+    tx.delete_leftover_elements();
     let active: BTreeSet<String> = tx.chains.difference(&top_level).cloned().collect();
     let stale: BTreeSet<String> = previous
         .service_chains
@@ -179,6 +251,7 @@ pub fn sync_rules(ports: &[ServicePort], node_ip: Ipv4Addr, previous: &NftState)
             flushed: true,
             service_chains: active,
             stale_chains: newly_stale,
+            elements: tx.elements,
         },
         rules: tx.rules,
     }
@@ -412,9 +485,9 @@ fn elements(tx: &mut Tx, port: &ServicePort, svc_chain: &str, ext_chain: &str) {
     }
 }
 
-impl Tx {
+impl Tx<'_> {
     fn element_in_set(&mut self, set: &str, ip: Ipv4Addr) {
-        self.line(format_args!("add element {TABLE} {set} {{ {ip} }}"));
+        self.element(set, &ip.to_string(), None, "");
     }
 }
 
@@ -422,7 +495,7 @@ impl Tx {
 mod tests {
     use super::*;
     use crate::kube_proxy::{
-        service_ports,
+        changed_services, service_ports,
         tests::{OBJECTS, changed, store},
     };
 
@@ -431,7 +504,12 @@ mod tests {
     const GOLDEN_CHANGED: &str = include_str!("testdata/nftables-changed.golden");
 
     fn sync(objects: &str, previous: &NftState) -> NftSync {
-        sync_rules(&service_ports(&store(objects), "vps1"), NODE_IP, previous)
+        sync_rules(
+            &service_ports(&store(objects), "vps1"),
+            NODE_IP,
+            previous,
+            Scope::Full,
+        )
     }
 
     #[test]
@@ -457,6 +535,85 @@ mod tests {
         assert!(first.state.flushed);
         // web: two endpoints and its service chain; dns: one endpoint, service and external.
         assert_eq!(first.state.service_chains.len(), (2 + 1) + (1 + 1 + 1));
+    }
+
+    fn partial(objects: &str, previous: &NftSync) -> NftSync {
+        let before = service_ports(&store(OBJECTS), "vps1");
+        let after = service_ports(&store(objects), "vps1");
+        let changed = changed_services(&before, &after);
+        sync_rules(&after, NODE_IP, &previous.state, Scope::Changed(&changed))
+    }
+
+    #[test]
+    fn a_partial_sync_rewrites_the_changed_services_chains_and_no_unchanged_element() {
+        let first = sync(OBJECTS, &NftState::default());
+        let second = partial(&changed(), &first);
+        let web = &service_ports(&store(&changed()), "vps1")[2];
+        let new_endpoint = endpoint_chain(web, &web.endpoints[1]);
+        let svc = service_chain(web);
+        let expected = format!(
+            "add chain ip kube-proxy {kept}\n\
+             flush chain ip kube-proxy {kept}\n\
+             add chain ip kube-proxy {new_endpoint}\n\
+             flush chain ip kube-proxy {new_endpoint}\n\
+             add chain ip kube-proxy {svc}\n\
+             flush chain ip kube-proxy {svc}\n\
+             add rule ip kube-proxy {svc} ip daddr 10.43.0.10 tcp dport 80 ip saddr != \
+             10.42.0.0/16 jump mark-for-masquerade\n\
+             add rule ip kube-proxy {svc} numgen random mod 2 vmap {{ 0 : goto {kept} , 1 : \
+             goto {new_endpoint} }}\n\
+             add rule ip kube-proxy {kept} ip saddr 10.42.1.10 jump mark-for-masquerade\n\
+             add rule ip kube-proxy {kept} meta l4proto tcp dnat to 10.42.1.10:8080\n\
+             add rule ip kube-proxy {new_endpoint} ip saddr 10.42.2.11 jump mark-for-masquerade\n\
+             add rule ip kube-proxy {new_endpoint} meta l4proto tcp dnat to 10.42.2.11:8080\n\
+             flush chain ip kube-proxy {gone}\n",
+            kept = endpoint_chain(web, &web.endpoints[0]),
+            gone = first
+                .state
+                .service_chains
+                .iter()
+                .find(|c| c.ends_with("__10.42.2.10/8080"))
+                .expect("the old endpoint's chain"),
+        );
+        assert_eq!(second.text, expected, "got:\n{}", second.text);
+        assert_eq!(second.state.elements, first.state.elements);
+        assert_eq!(
+            second.state.service_chains,
+            sync(&changed(), &first.state).state.service_chains
+        );
+    }
+
+    #[test]
+    fn a_partial_sync_replaces_changed_elements_and_deletes_leftovers() {
+        let first = sync(OBJECTS, &NftState::default());
+        // web loses its endpoints: its verdict moves to no-endpoint-services.
+        let emptied = OBJECTS.replace(
+            "conditions: {ready: true}\n  nodeName: vps",
+            "conditions: {ready: false}\n  nodeName: vps",
+        );
+        assert_ne!(emptied, OBJECTS);
+        let second = partial(&emptied, &first);
+        assert!(second.text.contains(
+            "add element ip kube-proxy no-endpoint-services { 10.43.0.10 . tcp . 80 comment \
+             \"shop/web:http\" : goto reject-chain }\n"
+        ));
+        assert!(
+            second
+                .text
+                .contains("delete element ip kube-proxy service-ips { 10.43.0.10 . tcp . 80 }\n")
+        );
+        assert!(!second.text.contains("cluster-ips"), "{}", second.text);
+        assert!(!second.text.contains("add table"));
+        let back = sync_rules(
+            &service_ports(&store(OBJECTS), "vps1"),
+            NODE_IP,
+            &second.state,
+            Scope::Changed(&changed_services(
+                &service_ports(&store(&emptied), "vps1"),
+                &service_ports(&store(OBJECTS), "vps1"),
+            )),
+        );
+        assert_eq!(back.state.elements, first.state.elements);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use weft_model::Store;
 
 use super::{
-    ProxyMode, ServicePort, iptables,
+    ProxyMode, Scope, ServicePort, changed_services, iptables,
     nftables::{self, NftState},
     service_ports,
 };
@@ -78,7 +78,11 @@ pub fn apply_rules(node: &NodeSpec, mode: ProxyMode, text: &str) -> anyhow::Resu
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncReport {
     pub node: String,
+    /// False for a partial sync.
+    pub full: bool,
     pub service_ports: usize,
+    /// Services whose chains were written: all of them in a full sync.
+    pub services_written: usize,
     /// Rules in the text handed to the loader.
     pub rules: usize,
     pub bytes: usize,
@@ -95,6 +99,8 @@ pub struct NodeProxy {
     node: NodeSpec,
     iptables_chains: BTreeSet<String>,
     nft: NftState,
+    /// The input of the last sync that succeeded: what a partial sync compares with.
+    synced: Option<Vec<ServicePort>>,
 }
 
 impl NodeProxy {
@@ -105,6 +111,7 @@ impl NodeProxy {
             node: node.clone(),
             iptables_chains: BTreeSet::new(),
             nft: NftState::default(),
+            synced: None,
         }
     }
 
@@ -119,6 +126,18 @@ impl NodeProxy {
         self.sync_ports(&ports, started)
     }
 
+    /// A partial sync to `store`: the chains of the services that changed since the last sync,
+    /// as kube-proxy syncs after an informer event. Full when nothing was synced yet.
+    pub fn sync_store_changes(&mut self, store: &Store) -> anyhow::Result<SyncReport> {
+        let started = Instant::now();
+        let ports = service_ports(store, &self.node.name);
+        let Some(synced) = &self.synced else {
+            return self.sync_ports(&ports, started);
+        };
+        let changed = changed_services(synced, &ports);
+        self.sync(&ports, Scope::Changed(&changed), started)
+    }
+
     /// A full sync of `ports` (from [`service_ports`]); `started` is when the work began, so
     /// the report's `generate` can include computing the ports.
     pub fn sync_ports(
@@ -126,19 +145,34 @@ impl NodeProxy {
         ports: &[ServicePort],
         started: Instant,
     ) -> anyhow::Result<SyncReport> {
+        self.sync(ports, Scope::Full, started)
+    }
+
+    fn sync(
+        &mut self,
+        ports: &[ServicePort],
+        scope: Scope,
+        started: Instant,
+    ) -> anyhow::Result<SyncReport> {
+        // A failed sync leaves the kernel unknown: the next one must be full, as in kube-proxy.
+        self.synced = None;
         let (rules, bytes, generate, apply) = match self.mode {
             ProxyMode::Iptables | ProxyMode::IptablesLegacy => {
-                let sync = iptables::sync_rules(ports, &self.iptables_chains);
+                let sync = iptables::sync_rules(ports, &self.iptables_chains, scope);
                 let generate = started.elapsed();
                 let apply = apply_rules(&self.node, self.mode, &sync.text)?;
                 self.iptables_chains = sync.service_chains;
                 (sync.rules, sync.text.len(), generate, apply)
             }
-            ProxyMode::Nftables => self.sync_nftables(ports, started)?,
+            ProxyMode::Nftables => self.sync_nftables(ports, scope, started)?,
         };
+        self.synced = Some(ports.to_vec());
+        let services: BTreeSet<_> = ports.iter().map(|p| &p.service).collect();
         Ok(SyncReport {
             node: self.node.name.clone(),
+            full: scope.is_full(),
             service_ports: ports.len(),
+            services_written: services.iter().filter(|s| scope.writes(s)).count(),
             rules,
             bytes,
             generate,
@@ -149,9 +183,10 @@ impl NodeProxy {
     fn sync_nftables(
         &mut self,
         ports: &[ServicePort],
+        scope: Scope,
         started: Instant,
     ) -> anyhow::Result<(usize, usize, Duration, Duration)> {
-        let sync = nftables::sync_rules(ports, self.node.underlay_ip, &self.nft);
+        let sync = nftables::sync_rules(ports, self.node.underlay_ip, &self.nft, scope);
         let generate = started.elapsed();
         let mut apply = Duration::ZERO;
         if let Some(delete) = &sync.delete_stale {
