@@ -378,9 +378,22 @@ fn control_path(out: &mut String, inputs: &Inputs) {
             reading: "Lower is better. The last service's endpoint `c` is replaced by pod `a`; the client connects every \
                   millisecond until `a` answers. Weft: from `weft lab apply` of the slice; kube-proxy: from the \
                   start of the client node's partial sync (top-level chains whole, the changed service's own \
-                  chains, as kube-proxy syncs after a changed EndpointSlice).",
+                  chains, as kube-proxy syncs after a changed EndpointSlice). \"the change itself\": Weft's \
+                  `weft lab apply` (the lab playing the API server, which kube-proxy's figure does not \
+                  include), kube-proxy's sync; \"after the change\": from there until `a` answered (Weft: the \
+                  agents noticing and writing the maps).",
             digits: 0,
-            rows: vec![("follow", Box::new(|c: &CountRun| c.follow.ms))],
+            rows: vec![
+                ("follow", Box::new(|c: &CountRun| c.follow.ms)),
+                (
+                    "the change itself",
+                    Box::new(|c: &CountRun| c.follow.change_ms),
+                ),
+                (
+                    "after the change",
+                    Box::new(|c: &CountRun| c.follow.ms - c.follow.change_ms),
+                ),
+            ],
         },
     );
 }

@@ -169,8 +169,7 @@ fn measure_path(plan: &Plan, lab: &StackLab, path: Path, out: &mut Paths) -> any
 fn follow_change(lab: &mut StackLab) -> anyhow::Result<Follow> {
     let to = addr(objects::last_ip(), NAME_PORT);
     let (a, c) = (lab.pods.a.clone(), lab.pods.c.clone());
-    let started = Instant::now();
-    let change = lab.change_last(a.ip)?;
+    let (started, change) = lab.change_last(a.ip)?;
     let (stale, attempts) =
         measure::follow(&lab.pods.client, to, &a.name, &c.name, FOLLOW_TIMEOUT)?;
     let follow = Follow {

@@ -148,12 +148,12 @@ impl StackLab {
         })
     }
 
-    /// Replaces endpoint `c` of the last service by `new` (`b` stays); returns how long the
-    /// change itself took. Weft: `weft lab apply` of the slice (the agents follow on their
+    /// Replaces endpoint `c` of the last service by `new` (`b` stays); returns when the change
+    /// itself started (after the bench prepared its input) and how long it took. Weft: `weft lab apply` of the slice (the agents follow on their
     /// own); kube-proxy: the partial sync of the client's node that the changed slice sets
     /// off, whose rules the client's packets meet (the other node's follows in
     /// [`StackLab::finish_change`]).
-    pub fn change_last(&mut self, new: Ipv4Addr) -> anyhow::Result<Duration> {
+    pub fn change_last(&mut self, new: Ipv4Addr) -> anyhow::Result<(Instant, Duration)> {
         let b = self.pods.b.ip;
         match &mut self.driver {
             Driver::Weft { bins, dir } => {
@@ -161,7 +161,7 @@ impl StackLab {
                 fs::write(&path, objects::measured(objects::LAST, &[b, new]))?;
                 let started = Instant::now();
                 apply(&self.lab, bins, &[path])?;
-                Ok(started.elapsed())
+                Ok((started, started.elapsed()))
             }
             Driver::KubeProxy { proxies, pending } => {
                 let (first, last) = ([b, self.pods.c.ip], [b, new]);
@@ -177,7 +177,7 @@ impl StackLab {
                     bail!("an endpoint change was not one service's partial sync: {report:?}");
                 }
                 *pending = Some(store);
-                Ok(took)
+                Ok((started, took))
             }
         }
     }
