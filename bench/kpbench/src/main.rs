@@ -10,7 +10,7 @@ mod run;
 mod stack;
 mod stats;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -29,7 +29,7 @@ enum Command {
         /// Where the results go (JSON).
         #[arg(long)]
         out: PathBuf,
-        /// weft, iptables, iptables-legacy or nftables.
+        /// weft, weft-socklb, iptables, iptables-legacy or nftables.
         #[arg(long)]
         stack: stack::Stack,
         /// The lab's name (unique, at most 12 characters).
@@ -57,6 +57,31 @@ enum Command {
         crr_seconds: f64,
         #[arg(long, default_value_t = 2.0)]
         tput_seconds: f64,
+    },
+    /// (Run by `run` inside the client pod.) Connect latency to --first and --last, as JSON.
+    #[command(hide = true)]
+    ProbeConnect {
+        #[arg(long)]
+        first: SocketAddr,
+        #[arg(long)]
+        last: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        pin_cpu: Option<usize>,
+    },
+    /// (Run by `run` inside the client pod.) Connects to --to until --want answers; JSON
+    /// [stale answers, attempts].
+    #[command(hide = true)]
+    ProbeFollow {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        want: String,
+        #[arg(long)]
+        stale: String,
+        #[arg(long)]
+        timeout_ms: u64,
     },
     /// The Markdown report of the results directory (`<stack>.json`, `testrun.jsonl`,
     /// `northsouth.json`, `run.json`).
@@ -111,6 +136,25 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             let result = run::run(&plan)?;
             std::fs::write(&out, serde_json::to_string_pretty(&result)? + "\n")
                 .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Command::ProbeConnect {
+            first,
+            last,
+            count,
+            pin_cpu,
+        } => {
+            let latencies = measure::probe_connects(first, last, count.max(1), pin_cpu)?;
+            println!("{}", serde_json::to_string(&latencies)?);
+        }
+        Command::ProbeFollow {
+            to,
+            want,
+            stale,
+            timeout_ms,
+        } => {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            let seen = measure::probe_follow(to, &want, &stale, timeout)?;
+            println!("{}", serde_json::to_string(&seen)?);
         }
         Command::Report { results } => {
             let inputs = report::Inputs::read(&results)

@@ -1,6 +1,6 @@
-//! Traffic: the servers in the backend pods, the connect-latency and follow loops (in this
-//! process, on a thread inside the client pod's netns) and the `weft-netbench` / `iperf3`
-//! clients (child processes placed in the client pod's netns and its node's cgroup).
+//! Traffic: the servers in the backend pods, and the clients — the connect-latency and follow
+//! probes (`weft-kpbench probe-connect|probe-follow`), `weft-netbench` and `iperf3` — as child
+//! processes placed in the client pod's netns and its node's cgroup, where socket LB applies.
 
 use std::{
     io::{Read as _, Write as _},
@@ -150,7 +150,8 @@ fn pin_thread(cpu: Option<usize>) {
 }
 
 /// Connect latency from `client` to `first` and to `last`, `count` connections to each, in
-/// batches of 100 taking turns; each connection is closed at once.
+/// batches of 100 taking turns; each connection is closed at once. Measured by
+/// [`probe_connects`] in a child placed in the client.
 pub fn connect_latency(
     client: &Pod,
     first: SocketAddr,
@@ -158,17 +159,45 @@ pub fn connect_latency(
     count: usize,
     pin_cpu: Option<usize>,
 ) -> anyhow::Result<(Latency, Latency)> {
-    let (a, b) = run_in(&client.netns, || -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-        pin_thread(pin_cpu);
-        let (mut a, mut b) = (Vec::with_capacity(count), Vec::with_capacity(count));
-        while a.len() < count {
-            let batch = (count - a.len()).min(100);
-            connect_batch(first, batch, &mut a)?;
-            connect_batch(last, batch, &mut b)?;
-        }
-        Ok((a, b))
-    })??;
+    let mut argv = probe_argv(
+        "probe-connect",
+        &[
+            ("--first", first.to_string()),
+            ("--last", last.to_string()),
+            ("--count", count.to_string()),
+        ],
+    )?;
+    if let Some(cpu) = pin_cpu {
+        argv.extend(["--pin-cpu".to_string(), cpu.to_string()]);
+    }
+    serde_json::from_str(&run_client(client, &argv)?).context("probe-connect's report")
+}
+
+/// The probe's side of [`connect_latency`], in the calling process.
+pub fn probe_connects(
+    first: SocketAddr,
+    last: SocketAddr,
+    count: usize,
+    pin_cpu: Option<usize>,
+) -> anyhow::Result<(Latency, Latency)> {
+    pin_thread(pin_cpu);
+    let (mut a, mut b) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    while a.len() < count {
+        let batch = (count - a.len()).min(100);
+        connect_batch(first, batch, &mut a)?;
+        connect_batch(last, batch, &mut b)?;
+    }
     Ok((latency(&a), latency(&b)))
+}
+
+/// `weft-kpbench <subcommand> <args>`: this program again, as a client.
+fn probe_argv(subcommand: &str, args: &[(&str, String)]) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("finding weft-kpbench itself")?;
+    let mut argv = vec![exe.display().to_string(), subcommand.to_string()];
+    for (flag, value) in args {
+        argv.extend([flag.to_string(), value.clone()]);
+    }
+    Ok(argv)
 }
 
 fn connect_batch(to: SocketAddr, n: usize, out: &mut Vec<f64>) -> anyhow::Result<()> {
@@ -192,8 +221,9 @@ fn latency(samples: &[f64]) -> Latency {
     }
 }
 
-/// Connects to `to` from `client` until the pod named `want` answers (every `gap`, for at most
-/// `timeout`); the connections answered by `stale` on the way, and all attempts.
+/// Connects to `to` from `client` until the pod named `want` answers (every millisecond, for
+/// at most `timeout`); the connections answered by `stale` on the way, and all attempts.
+/// Probed by [`probe_follow`] in a child placed in the client.
 pub fn follow(
     client: &Pod,
     to: SocketAddr,
@@ -201,20 +231,37 @@ pub fn follow(
     stale: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u32, u32)> {
-    run_in(&client.netns, || -> anyhow::Result<(u32, u32)> {
-        let deadline = Instant::now() + timeout;
-        let (mut stale_seen, mut attempts) = (0, 0);
-        while Instant::now() < deadline {
-            attempts += 1;
-            match ask(to).as_deref() {
-                Ok(name) if name == want => return Ok((stale_seen, attempts)),
-                Ok(name) if name == stale => stale_seen += 1,
-                _ => {}
-            }
-            thread::sleep(Duration::from_millis(1));
+    let argv = probe_argv(
+        "probe-follow",
+        &[
+            ("--to", to.to_string()),
+            ("--want", want.to_string()),
+            ("--stale", stale.to_string()),
+            ("--timeout-ms", timeout.as_millis().to_string()),
+        ],
+    )?;
+    serde_json::from_str(&run_client(client, &argv)?).context("probe-follow's report")
+}
+
+/// The probe's side of [`follow`], in the calling process.
+pub fn probe_follow(
+    to: SocketAddr,
+    want: &str,
+    stale: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u32, u32)> {
+    let deadline = Instant::now() + timeout;
+    let (mut stale_seen, mut attempts) = (0, 0);
+    while Instant::now() < deadline {
+        attempts += 1;
+        match ask(to).as_deref() {
+            Ok(name) if name == want => return Ok((stale_seen, attempts)),
+            Ok(name) if name == stale => stale_seen += 1,
+            _ => {}
         }
-        bail!("{want} did not answer through {to} within {timeout:?}")
-    })?
+        thread::sleep(Duration::from_millis(1));
+    }
+    bail!("{want} did not answer through {to} within {timeout:?}")
 }
 
 /// The name of the pod that answers a connection to `to`.

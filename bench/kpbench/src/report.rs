@@ -12,7 +12,13 @@ use crate::{
 };
 
 /// The stacks in the order of the tables; Weft first, the reference of every ratio.
-pub const STACKS: [&str; 4] = ["weft", "iptables", "iptables-legacy", "nftables"];
+pub const STACKS: [&str; 5] = [
+    "weft",
+    "weft-socklb",
+    "iptables",
+    "iptables-legacy",
+    "nftables",
+];
 
 /// Everything a report is made of.
 #[derive(Debug, Default)]
@@ -127,8 +133,8 @@ pub fn ratio(a: f64, b: f64) -> String {
 /// Reads one figure of one size's results.
 pub type Getter<'a> = Box<dyn Fn(&CountRun) -> f64 + 'a>;
 
-/// One measure: a row per (number of services, variant), a column per stack, then Weft / each
-/// kube-proxy mode.
+/// One measure: a row per (number of services, variant), a column per stack, then each Weft
+/// stack / each kube-proxy mode.
 pub struct Measure<'a> {
     pub title: &'a str,
     pub unit: &'a str,
@@ -140,7 +146,12 @@ pub struct Measure<'a> {
 
 pub fn table(out: &mut String, inputs: &Inputs, m: &Measure) {
     let stacks = inputs.stacks();
-    let others: Vec<&str> = stacks.iter().copied().filter(|s| *s != "weft").collect();
+    let (wefts, modes): (Vec<&str>, Vec<&str>) =
+        stacks.iter().copied().partition(|s| s.starts_with("weft"));
+    let pairs: Vec<(&str, &str)> = wefts
+        .iter()
+        .flat_map(|w| modes.iter().map(move |m| (*w, *m)))
+        .collect();
     let _ = writeln!(out, "\n### {}\n", m.title);
     let mut head = format!(
         "| services | {} |",
@@ -149,20 +160,20 @@ pub fn table(out: &mut String, inputs: &Inputs, m: &Measure) {
     for s in &stacks {
         let _ = write!(head, " {s} ({}) |", m.unit);
     }
-    for s in &others {
-        let _ = write!(head, " Weft / {s} |");
+    for (w, m) in &pairs {
+        let _ = write!(head, " {w} / {m} |");
     }
     let _ = writeln!(out, "{head}");
-    let _ = writeln!(out, "|{}", " --- |".repeat(2 + stacks.len() + others.len()));
+    let _ = writeln!(out, "|{}", " --- |".repeat(2 + stacks.len() + pairs.len()));
     for n in inputs.counts() {
         for (label, get) in &m.rows {
             let mut row = format!("| {} | {label} |", num(f64::from(n), 0));
             for s in &stacks {
                 let _ = write!(row, " {} |", num(inputs.value(s, n, get), m.digits));
             }
-            let weft = inputs.value("weft", n, get);
-            for s in &others {
-                let _ = write!(row, " {} |", ratio(weft, inputs.value(s, n, get)));
+            for (w, m) in &pairs {
+                let (w, m) = (inputs.value(w, n, get), inputs.value(m, n, get));
+                let _ = write!(row, " {} |", ratio(w, m));
             }
             let _ = writeln!(out, "{row}");
         }

@@ -100,7 +100,7 @@ fn program_step(lab: &mut StackLab, n: u32) -> anyhow::Result<CountRun> {
         idle_delta_kb: idle_to - after,
         ..Memory::default()
     };
-    if lab.stack == Stack::Weft {
+    if lab.stack.is_weft() {
         let node = lab.client_node()?;
         (mem.bpf_memlock_bytes, mem.bpf_maps) = memory::node_memlock(&node.pin_dir)?;
         mem.agent_rss_kb = weft_lab::runtime::agent_pid(&lab.lab.name, &node.name)

@@ -30,14 +30,24 @@ const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stack {
+    /// Socket LB off: services balanced per packet in tc.
     Weft,
+    /// Socket LB on: `connect()` given the backend in the node cgroup's hook.
+    WeftSocketLb,
     KubeProxy(ProxyMode),
+}
+
+impl Stack {
+    pub fn is_weft(self) -> bool {
+        matches!(self, Stack::Weft | Stack::WeftSocketLb)
+    }
 }
 
 impl fmt::Display for Stack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stack::Weft => f.write_str("weft"),
+            Stack::WeftSocketLb => f.write_str("weft-socklb"),
             Stack::KubeProxy(mode) => write!(f, "{mode}"),
         }
     }
@@ -47,8 +57,10 @@ impl FromStr for Stack {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "weft" {
-            return Ok(Stack::Weft);
+        match s {
+            "weft" => return Ok(Stack::Weft),
+            "weft-socklb" => return Ok(Stack::WeftSocketLb),
+            _ => {}
         }
         s.parse().map(Stack::KubeProxy)
     }
@@ -103,7 +115,7 @@ pub struct StackLab {
 impl StackLab {
     pub fn up(stack: Stack, name: &str, work: &Path) -> anyhow::Result<StackLab> {
         match stack {
-            Stack::Weft => up_weft(name, work),
+            Stack::Weft | Stack::WeftSocketLb => up_weft(stack, name, work),
             Stack::KubeProxy(mode) => up_baseline(mode, name),
         }
     }
@@ -197,12 +209,13 @@ impl StackLab {
     }
 }
 
-fn up_weft(name: &str, work: &Path) -> anyhow::Result<StackLab> {
+fn up_weft(stack: Stack, name: &str, work: &Path) -> anyhow::Result<StackLab> {
     let bins = Binaries::locate()?;
     let dir = work.join(name);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let values = dir.join("values.yaml");
-    fs::write(&values, "socketLB: {enabled: false}\n")?;
+    let socket_lb = stack == Stack::WeftSocketLb;
+    fs::write(&values, format!("socketLB: {{enabled: {socket_lb}}}\n"))?;
     let spec = LabSpec::with_size(name, 2, 0);
     let lab = LabGuard::new(runtime::up_cluster(&spec, &bins, Some(&values))?);
     let pods_path = dir.join("pods.yaml");
@@ -230,7 +243,7 @@ fn up_weft(name: &str, work: &Path) -> anyhow::Result<StackLab> {
         c: pod("c")?,
     };
     Ok(StackLab {
-        stack: Stack::Weft,
+        stack,
         lab,
         pods,
         driver: Driver::Weft { bins, dir },
@@ -378,7 +391,13 @@ mod tests {
 
     #[test]
     fn stacks_parse_and_print() {
-        for name in ["weft", "iptables", "iptables-legacy", "nftables"] {
+        for name in [
+            "weft",
+            "weft-socklb",
+            "iptables",
+            "iptables-legacy",
+            "nftables",
+        ] {
             let stack: Stack = name.parse().expect("known");
             assert_eq!(stack.to_string(), name);
         }
