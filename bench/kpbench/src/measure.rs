@@ -181,13 +181,61 @@ pub fn probe_connects(
     pin_cpu: Option<usize>,
 ) -> anyhow::Result<(Latency, Latency)> {
     pin_thread(pin_cpu);
-    let (mut a, mut b) = (Vec::with_capacity(count), Vec::with_capacity(count));
-    while a.len() < count {
-        let batch = (count - a.len()).min(100);
-        connect_batch(first, batch, &mut a)?;
-        connect_batch(last, batch, &mut b)?;
+    let (mut a, mut b) = (Connects::new(count), Connects::new(count));
+    while a.tried < count {
+        let batch = (count - a.tried).min(100);
+        a.batch(first, batch)?;
+        b.batch(last, batch)?;
     }
-    Ok((latency(&a), latency(&b)))
+    Ok((a.latency(), b.latency()))
+}
+
+/// More connects timing out than this is a broken path, not a lost SYN.
+const TIMEOUTS_TOLERATED: usize = 10;
+
+/// Connect samples to one address, and those that timed out.
+struct Connects {
+    samples_us: Vec<f64>,
+    tried: usize,
+    timed_out: usize,
+}
+
+impl Connects {
+    fn new(count: usize) -> Connects {
+        Connects {
+            samples_us: Vec::with_capacity(count),
+            tried: 0,
+            timed_out: 0,
+        }
+    }
+
+    fn batch(&mut self, to: SocketAddr, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            self.tried += 1;
+            let started = Instant::now();
+            match TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    self.samples_us.push(started.elapsed().as_secs_f64() * 1e6);
+                    drop(stream);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.timed_out += 1;
+                    if self.timed_out > TIMEOUTS_TOLERATED {
+                        bail!("{} connects to {to} timed out", self.timed_out);
+                    }
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to {to}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn latency(&self) -> Latency {
+        Latency {
+            timed_out: self.timed_out,
+            ..latency(&self.samples_us)
+        }
+    }
 }
 
 /// `weft-kpbench <subcommand> <args>`: this program again, as a client.
@@ -200,17 +248,6 @@ fn probe_argv(subcommand: &str, args: &[(&str, String)]) -> anyhow::Result<Vec<S
     Ok(argv)
 }
 
-fn connect_batch(to: SocketAddr, n: usize, out: &mut Vec<f64>) -> anyhow::Result<()> {
-    for _ in 0..n {
-        let started = Instant::now();
-        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
-            .with_context(|| format!("connecting to {to}"))?;
-        out.push(started.elapsed().as_secs_f64() * 1e6);
-        drop(stream);
-    }
-    Ok(())
-}
-
 fn latency(samples: &[f64]) -> Latency {
     let s = stats::sorted(samples);
     Latency {
@@ -218,6 +255,7 @@ fn latency(samples: &[f64]) -> Latency {
         p50_us: stats::percentile(&s, 50.0),
         p90_us: stats::percentile(&s, 90.0),
         p99_us: stats::percentile(&s, 99.0),
+        timed_out: 0,
     }
 }
 

@@ -287,6 +287,27 @@ fn data_path(out: &mut String, inputs: &Inputs) {
             ],
         },
     );
+    table(
+        out,
+        inputs,
+        &Measure {
+            title: "TCP connects that timed out (1 s), of the connects above",
+            unit: "count",
+            reading: "A timed-out connect is a lost SYN (retransmitted only after 1 s); it is left out of \
+                      the percentiles above.",
+            digits: 0,
+            rows: vec![
+                (
+                    "first",
+                    Box::new(|c: &CountRun| c.connect_first.timed_out as f64),
+                ),
+                (
+                    "last",
+                    Box::new(|c: &CountRun| c.connect_last.timed_out as f64),
+                ),
+            ],
+        },
+    );
     let path_rows = [
         (
             "Request/response round trip, p50 (µs), `weft-netbench rr`",
@@ -509,12 +530,14 @@ mod tests {
                     p50_us: connect,
                     p90_us: connect,
                     p99_us: connect,
+                    timed_out: 0,
                 },
                 connect_last: Latency {
                     count: 1,
                     p50_us: connect * 2.0,
                     p90_us: connect,
                     p99_us: connect,
+                    timed_out: 0,
                 },
                 service: Paths {
                     crr_per_s: vec![crr, crr * 3.0, crr * 2.0],

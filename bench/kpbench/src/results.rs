@@ -62,10 +62,14 @@ pub struct Memory {
 /// Connect latency (SYN to established), one connection at a time.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
+    /// Connections established (the percentiles are over these).
     pub count: usize,
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
+    /// Connections not established within the probe's timeout (1 s: a lost SYN).
+    #[serde(default)]
+    pub timed_out: usize,
 }
 
 /// One figure per repeat, for each measure of one path.
