@@ -70,8 +70,9 @@ enum Command {
         #[arg(long)]
         pin_cpu: Option<usize>,
     },
-    /// (Run by `run` inside the client pod.) Connects to --to until --want answers; JSON
-    /// [stale answers, attempts].
+    /// (Run by `run` inside the client pod.) Once --to answered, says `ready` and waits for
+    /// `go` on stdin; then connects to --to until --want answers; JSON {stale, attempts,
+    /// answered_ns}.
     #[command(hide = true)]
     ProbeFollow {
         #[arg(long)]
@@ -153,8 +154,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             timeout_ms,
         } => {
             let timeout = std::time::Duration::from_millis(timeout_ms);
-            let seen = measure::probe_follow(to, &want, &stale, timeout)?;
-            println!("{}", serde_json::to_string(&seen)?);
+            let followed = measure::probe_follow(
+                to,
+                &want,
+                &stale,
+                timeout,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
+            println!("{}", serde_json::to_string(&followed)?);
         }
         Command::Report { results } => {
             let inputs = report::Inputs::read(&results)

@@ -3,15 +3,16 @@
 //! processes placed in the client pod's netns and its node's cgroup, where socket LB applies.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead, BufReader, Read as _, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
 use weft_lab::{exec::placed_command, netns::run_in};
 
 use crate::{results::Latency, stats};
@@ -259,47 +260,180 @@ fn latency(samples: &[f64]) -> Latency {
     }
 }
 
-/// Connects to `to` from `client` until the pod named `want` answers (every millisecond, for
-/// at most `timeout`); the connections answered by `stale` on the way, and all attempts.
-/// Probed by [`probe_follow`] in a child placed in the client.
-pub fn follow(
-    client: &Pod,
-    to: SocketAddr,
-    want: &str,
-    stale: &str,
-    timeout: Duration,
-) -> anyhow::Result<(u32, u32)> {
-    let argv = probe_argv(
-        "probe-follow",
-        &[
-            ("--to", to.to_string()),
-            ("--want", want.to_string()),
-            ("--stale", stale.to_string()),
-            ("--timeout-ms", timeout.as_millis().to_string()),
-        ],
-    )?;
-    serde_json::from_str(&run_client(client, &argv)?).context("probe-follow's report")
+/// What a follow probe saw: the connections answered by the stale pod from the go on, all
+/// attempts, and when the wanted pod answered ([`monotonic_ns`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Followed {
+    pub stale: u32,
+    pub attempts: u32,
+    pub answered_ns: u64,
 }
 
-/// The probe's side of [`follow`], in the calling process.
+/// A follow probe: a `weft-kpbench probe-follow` child placed in the client, which has reached
+/// the service once (so its start-up is behind it) and waits for [`FollowProbe::go`]; then it
+/// connects every millisecond until the wanted pod answers. The child is killed if dropped
+/// before it reported.
+pub struct FollowProbe {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl FollowProbe {
+    /// Starts the probe of `to` from `client` (for at most `timeout` after the go) and waits
+    /// until it is ready: answered once, and not by `want` yet.
+    pub fn start(
+        client: &Pod,
+        to: SocketAddr,
+        want: &str,
+        stale: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<FollowProbe> {
+        let argv = probe_argv(
+            "probe-follow",
+            &[
+                ("--to", to.to_string()),
+                ("--want", want.to_string()),
+                ("--stale", stale.to_string()),
+                ("--timeout-ms", timeout.as_millis().to_string()),
+            ],
+        )?;
+        let mut child = placed_command(&client.netns, &client.cgroup, &argv, false)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", argv.join(" ")))?;
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        let mut probe = FollowProbe {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout.context("the probe's stdout")?),
+        };
+        let line = probe.next_line()?;
+        if line.trim() != READY {
+            bail!("probe-follow said {line:?} instead of {READY:?}");
+        }
+        Ok(probe)
+    }
+
+    /// Lets the probe start connecting; its counts start here.
+    pub fn go(&mut self) -> anyhow::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the probe was let go already")?;
+        writeln!(stdin, "{GO}").context("letting probe-follow go")?;
+        Ok(())
+    }
+
+    /// Waits until the wanted pod answered (or the probe gave up).
+    pub fn finish(mut self) -> anyhow::Result<Followed> {
+        let line = self.next_line()?;
+        let followed = serde_json::from_str(&line)
+            .with_context(|| format!("probe-follow's report {line:?}"))?;
+        let status = self.child.wait().context("waiting for probe-follow")?;
+        if !status.success() {
+            bail!("probe-follow reported {line:?} but ended {status}");
+        }
+        Ok(followed)
+    }
+
+    /// The probe's next line on stdout; its exit status and stderr if it ended instead.
+    fn next_line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .context("reading probe-follow's output")?;
+        if line.is_empty() {
+            let status = self.child.wait().context("waiting for probe-follow")?;
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            bail!("probe-follow ended ({status}): {}", stderr.trim());
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for FollowProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const READY: &str = "ready";
+const GO: &str = "go";
+
+/// The probe's side of [`FollowProbe`], in the calling process: once `to` answered (by any
+/// pod but `want`), says [`READY`] on `report` and waits for [`GO`] on `control` (the child's
+/// stdout and stdin); then connects every millisecond until `want` answers, for at most
+/// `timeout`.
 pub fn probe_follow(
     to: SocketAddr,
     want: &str,
     stale: &str,
     timeout: Duration,
-) -> anyhow::Result<(u32, u32)> {
+    control: &mut impl BufRead,
+    report: &mut impl Write,
+) -> anyhow::Result<Followed> {
+    let first = first_answer(to, timeout)?;
+    if first == want {
+        bail!("{want} answered through {to} before the change");
+    }
+    writeln!(report, "{READY}")?;
+    report.flush()?;
+    let mut line = String::new();
+    control.read_line(&mut line)?;
+    if line.trim() != GO {
+        bail!("expected {GO:?}, got {line:?}");
+    }
     let deadline = Instant::now() + timeout;
     let (mut stale_seen, mut attempts) = (0, 0);
     while Instant::now() < deadline {
         attempts += 1;
         match ask(to).as_deref() {
-            Ok(name) if name == want => return Ok((stale_seen, attempts)),
+            Ok(name) if name == want => {
+                return Ok(Followed {
+                    stale: stale_seen,
+                    attempts,
+                    answered_ns: monotonic_ns(),
+                });
+            }
             Ok(name) if name == stale => stale_seen += 1,
             _ => {}
         }
         thread::sleep(Duration::from_millis(1));
     }
     bail!("{want} did not answer through {to} within {timeout:?}")
+}
+
+/// The first pod that answers through `to`, trying every millisecond for at most `timeout`.
+fn first_answer(to: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ask(to) {
+            Ok(name) => return Ok(name),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("nothing answered through {to}"));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: one clock for the bench and its probes (processes of one machine and
+/// time namespace), so a probe's instant can be set against the bench's.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// The name of the pod that answers a connection to `to`.
@@ -380,5 +514,87 @@ pub fn require_file(path: &Path) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{} is missing (built by bench/compare)", path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A name server on loopback answering with whatever `name` holds at the time.
+    fn name_server() -> (SocketAddr, Arc<Mutex<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let name = Arc::new(Mutex::new("c".to_string()));
+        let answer = Arc::clone(&name);
+        thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let now = answer.lock().map(|n| n.clone()).unwrap_or_default();
+                let _ = conn.write_all(now.as_bytes());
+            }
+        });
+        (addr, name)
+    }
+
+    #[test]
+    fn the_follow_probe_is_ready_before_the_go_and_counts_from_it() {
+        let (addr, name) = name_server();
+        let changer = Arc::clone(&name);
+        let before = monotonic_ns();
+        // The go line arrives at once; the change a little after it.
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            *changer.lock().expect("lock") = "a".into();
+        });
+        let mut said = Vec::new();
+        let followed = probe_follow(
+            addr,
+            "a",
+            "c",
+            Duration::from_secs(5),
+            &mut "go\n".as_bytes(),
+            &mut said,
+        )
+        .expect("a answers");
+        assert_eq!(String::from_utf8_lossy(&said), "ready\n");
+        assert!(followed.stale > 0 && followed.attempts > followed.stale);
+        assert!(followed.answered_ns >= before + 30_000_000);
+    }
+
+    #[test]
+    fn the_follow_probe_refuses_a_change_made_before_it_started() {
+        let (addr, name) = name_server();
+        *name.lock().expect("lock") = "a".into();
+        let mut said = Vec::new();
+        let err = probe_follow(
+            addr,
+            "a",
+            "c",
+            Duration::from_secs(5),
+            &mut "go\n".as_bytes(),
+            &mut said,
+        )
+        .expect_err("a answered before the change");
+        assert!(said.is_empty(), "not ready");
+        assert!(err.to_string().contains("before the change"), "{err}");
+    }
+
+    #[test]
+    fn the_follow_probe_waits_for_the_go() {
+        let (addr, _name) = name_server();
+        let mut said = Vec::new();
+        let err = probe_follow(
+            addr,
+            "a",
+            "c",
+            Duration::from_secs(5),
+            &mut "".as_bytes(),
+            &mut said,
+        )
+        .expect_err("no go");
+        assert_eq!(String::from_utf8_lossy(&said), "ready\n");
+        assert!(err.to_string().contains("expected"), "{err}");
     }
 }

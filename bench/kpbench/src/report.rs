@@ -78,11 +78,21 @@ impl Inputs {
             .collect()
     }
 
-    fn value(&self, stack: &str, services: u32, get: &dyn Fn(&CountRun) -> f64) -> f64 {
+    /// The Weft stacks of [`Inputs::stacks`].
+    fn wefts(&self) -> Vec<&str> {
+        self.stacks()
+            .into_iter()
+            .filter(|s| s.starts_with("weft"))
+            .collect()
+    }
+
+    fn count_of(&self, stack: &str, services: u32) -> Option<&CountRun> {
         self.run_of(stack)
             .and_then(|r| r.counts.iter().find(|c| c.services == services))
-            .map(get)
-            .unwrap_or(f64::NAN)
+    }
+
+    fn value(&self, stack: &str, services: u32, get: &dyn Fn(&CountRun) -> f64) -> f64 {
+        self.count_of(stack, services).map(get).unwrap_or(f64::NAN)
     }
 }
 
@@ -122,8 +132,11 @@ fn group_thousands(text: &str) -> String {
     }
 }
 
+/// `a / b`; "—" unless both are figures and `b` is positive and `a` not negative (the ratio of
+/// a negative delta, such as memory the machine gave back or traffic following before the
+/// change returned, says nothing).
 pub fn ratio(a: f64, b: f64) -> String {
-    if a.is_finite() && b.is_finite() && b != 0.0 {
+    if a.is_finite() && b.is_finite() && a >= 0.0 && b > 0.0 {
         format!("{:.2}", a / b)
     } else {
         "—".into()
@@ -308,6 +321,7 @@ fn data_path(out: &mut String, inputs: &Inputs) {
             ],
         },
     );
+    balanced_where(out, inputs);
     let path_rows = [
         (
             "Request/response round trip, p50 (µs), `weft-netbench rr`",
@@ -383,10 +397,7 @@ fn control_path(out: &mut String, inputs: &Inputs) {
     );
     for n in inputs.counts() {
         for s in &stacks {
-            if let Some(c) = inputs
-                .run_of(s)
-                .and_then(|r| r.counts.iter().find(|c| c.services == n))
-            {
+            if let Some(c) = inputs.count_of(s, n) {
                 let p = &c.program;
                 let _ = writeln!(
                     out,
@@ -407,13 +418,16 @@ fn control_path(out: &mut String, inputs: &Inputs) {
         &Measure {
             title: "From changing one endpoint to traffic following it (ms)",
             unit: "ms",
-            reading: "Lower is better. The last service's endpoint `c` is replaced by pod `a`; the client connects every \
-                  millisecond until `a` answers. Weft: from `weft lab apply` of the slice; kube-proxy: from the \
-                  start of the client node's partial sync (top-level chains whole, the changed service's own \
-                  chains, as kube-proxy syncs after a changed EndpointSlice). \"the change itself\": Weft's \
-                  `weft lab apply` (the lab playing the API server, which kube-proxy's figure does not \
-                  include), kube-proxy's sync; \"after the change\": from there until `a` answered (Weft: the \
-                  agents noticing and writing the maps).",
+            reading: "Lower is better. The last service's endpoint `c` is replaced by pod `a`; a probe in the client pod, \
+                  started before the change (it has reached the service once) and let go as the change starts, \
+                  connects every millisecond until `a` answers. Weft: from `weft lab apply` of the slice; \
+                  kube-proxy: from the start of the client node's partial sync (top-level chains whole, the \
+                  changed service's own chains, as kube-proxy syncs after a changed EndpointSlice). \"the change \
+                  itself\": Weft's `weft lab apply` (the lab playing the API server, which kube-proxy's figure \
+                  does not include), kube-proxy's sync; \"after the change returned\": from there until `a` \
+                  answered (Weft: the agents noticing and writing the maps); negative when traffic followed \
+                  before the change returned (kube-proxy's rules take effect when the loader commits, before \
+                  its process has exited).",
             digits: 0,
             rows: vec![
                 ("follow", Box::new(|c: &CountRun| c.follow.ms)),
@@ -422,7 +436,7 @@ fn control_path(out: &mut String, inputs: &Inputs) {
                     Box::new(|c: &CountRun| c.follow.change_ms),
                 ),
                 (
-                    "after the change",
+                    "after the change returned",
                     Box::new(|c: &CountRun| c.follow.ms - c.follow.change_ms),
                 ),
             ],
@@ -455,20 +469,50 @@ fn memory(out: &mut String, inputs: &Inputs) {
     );
     let _ = writeln!(
         out,
-        "\nWeft's maps pinned on the client node (`bytes_memlock`, `bpftool -j -f map show`) and its agent's RSS:\n\n| services | maps | bytes_memlock (MiB) | agent RSS (MiB) |\n| --- | --- | --- | --- |"
+        "\nWeft's maps pinned on the client node (`bytes_memlock`, `bpftool -j -f map show`) and its agent's RSS:\n\n| services | stack | maps | bytes_memlock (MiB) | agent RSS (MiB) |\n| --- | --- | --- | --- | --- |"
     );
-    if let Some(run) = inputs.run_of("weft") {
-        for c in &run.counts {
-            let m = &c.memory;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                num(f64::from(c.services), 0),
-                m.bpf_maps,
-                num(m.bpf_memlock_bytes as f64 / 1048576.0, 1),
-                num(m.agent_rss_kb as f64 / 1024.0, 1)
-            );
+    for n in inputs.counts() {
+        for s in inputs.wefts() {
+            if let Some(c) = inputs.count_of(s, n) {
+                let m = &c.memory;
+                let _ = writeln!(
+                    out,
+                    "| {} | {s} | {} | {} | {} |",
+                    num(f64::from(n), 0),
+                    m.bpf_maps,
+                    num(m.bpf_memlock_bytes as f64 / 1048576.0, 1),
+                    num(m.agent_rss_kb as f64 / 1024.0, 1)
+                );
+            }
         }
+    }
+}
+
+/// Where Weft balanced the client's connects: service conntrack entries (tc) or none (socket
+/// LB), per Weft stack.
+fn balanced_where(out: &mut String, inputs: &Inputs) {
+    let wefts = inputs.wefts();
+    if wefts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nWeft's service conntrack entries of flows from the client pod, read right after the connects above: \
+         one per recent connection balanced in tc; none when socket LB gave `connect()` the backend \
+         (the bench checks both):\n"
+    );
+    let mut head = String::from("| services |");
+    for s in &wefts {
+        let _ = write!(head, " {s} |");
+    }
+    let _ = writeln!(out, "{head}\n|{}", " --- |".repeat(1 + wefts.len()));
+    for n in inputs.counts() {
+        let mut row = format!("| {} |", num(f64::from(n), 0));
+        for s in &wefts {
+            let flows = inputs.count_of(s, n).and_then(|c| c.client_service_flows);
+            let _ = write!(row, " {} |", num(flows.map_or(f64::NAN, |f| f as f64), 0));
+        }
+        let _ = writeln!(out, "{row}");
     }
 }
 
@@ -563,6 +607,9 @@ mod tests {
         assert_eq!(num(f64::NAN, 2), "—");
         assert_eq!(ratio(1.0, 4.0), "0.25");
         assert_eq!(ratio(1.0, 0.0), "—");
+        assert_eq!(ratio(0.0, 4.0), "0.00");
+        assert_eq!(ratio(-16.0, 49.0), "—");
+        assert_eq!(ratio(49.0, -16.0), "—");
     }
 
     #[test]
@@ -592,6 +639,60 @@ mod tests {
         assert!(
             !text.contains("iptables-legacy"),
             "absent stacks have no column"
+        );
+    }
+
+    #[test]
+    fn each_weft_stack_has_its_ratio_to_each_mode() {
+        let mut socklb = run("weft-socklb", 5.0, 400.0);
+        socklb.counts[0].client_service_flows = Some(0);
+        let mut weft = run("weft", 10.0, 100.0);
+        weft.counts[0].client_service_flows = Some(2000);
+        let inputs = Inputs {
+            runs: vec![weft, socklb, run("nftables", 20.0, 50.0)],
+            ..Inputs::default()
+        };
+        let text = render(&inputs);
+        assert!(
+            text.contains(
+                "| services | of | weft (µs) | weft-socklb (µs) | nftables (µs) | weft / nftables | weft-socklb / nftables |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 1,000 | first | 10.0 | 5.0 | 20.0 | 0.50 | 0.25 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| services | weft | weft-socklb |\n| --- | --- | --- |\n| 1,000 | 2,000 | 0 |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| 1,000 | weft-socklb | 0 |"), "{text}");
+    }
+
+    #[test]
+    fn results_of_older_runs_still_read() {
+        let old = r#"{"stack": "weft", "lab": "x", "seconds": 1.0, "counts": [{"services": 100,
+            "program": {"added": 100, "prepare_ms": 1.0, "apply_ms": 1.0, "total_ms": 2.0,
+            "rules": 0, "bytes": 0}, "memory": {"kernel_delta_kb": 0, "idle_delta_kb": 0,
+            "bpf_memlock_bytes": 0, "bpf_maps": 0, "agent_rss_kb": 0},
+            "connect_first": {"count": 1, "p50_us": 1.0, "p90_us": 1.0, "p99_us": 1.0},
+            "connect_last": {"count": 1, "p50_us": 1.0, "p90_us": 1.0, "p99_us": 1.0},
+            "service": {"rr_p50_us": [], "rr_p90_us": [], "crr_per_s": [], "tput_gbps": []},
+            "direct": {"rr_p50_us": [], "rr_p90_us": [], "crr_per_s": [], "tput_gbps": []},
+            "follow": {"ms": 1.0, "change_ms": 1.0, "stale": 0, "attempts": 1}}]}"#;
+        let weft: StackRun = serde_json::from_str(old).expect("an older weft.json");
+        assert_eq!(weft.counts[0].client_service_flows, None);
+        let text = render(&Inputs {
+            runs: vec![weft],
+            ..Inputs::default()
+        });
+        assert!(!text.contains("weft-socklb"), "{text}");
+        assert!(
+            text.contains("| services | weft |\n| --- | --- |\n| 100 | — |"),
+            "{text}"
         );
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StackRun {
-    /// `weft`, `iptables`, `iptables-legacy` or `nftables`.
+    /// `weft`, `weft-socklb`, `iptables`, `iptables-legacy` or `nftables`.
     pub stack: String,
     pub lab: String,
     /// Seconds from the lab's creation to its removal.
@@ -21,6 +21,10 @@ pub struct CountRun {
     pub memory: Memory,
     pub connect_first: Latency,
     pub connect_last: Latency,
+    /// Weft: service conntrack entries from the client pod on its node right after the
+    /// connects (one per connection balanced in tc; none with socket LB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_service_flows: Option<usize>,
     /// Through the first service (its two endpoints on the other node).
     pub service: Paths,
     /// Client pod to one of those endpoints, no service.

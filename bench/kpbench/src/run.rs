@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    measure::{self, Servers, Tools},
+    measure::{self, FollowProbe, Pod, Servers, Tools},
     memory,
     objects::{
         self, DIRECT_IPERF_PORT, DIRECT_NETBENCH_PORT, IPERF_PORT, NAME_PORT, NETBENCH_PORT,
@@ -63,6 +63,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<StackRun> {
         let mut count = program_step(&mut lab, n)?;
         log(plan, started, &format!("{n} services: connect latency"));
         measure_connects(plan, &lab, &mut count)?;
+        count.client_service_flows = lab.client_service_flows()?;
+        check_balanced_where_said(plan.stack, count.client_service_flows)?;
         log(plan, started, &format!("{n} services: rr, crr, throughput"));
         for _ in 0..plan.repeat {
             measure_path(plan, &lab, Path::Direct, &mut count.direct)?;
@@ -130,6 +132,22 @@ fn measure_connects(plan: &Plan, lab: &StackLab, count: &mut CountRun) -> anyhow
     Ok(())
 }
 
+/// Weft: the client's connects were balanced in tc (service conntrack entries) or, with socket
+/// LB, at `connect()` (none) — else the stack's figures would be the other one's.
+fn check_balanced_where_said(stack: Stack, service_flows: Option<usize>) -> anyhow::Result<()> {
+    match (stack, service_flows) {
+        (Stack::Weft, Some(0)) => {
+            anyhow::bail!(
+                "socket LB off, yet the client's connects left no service conntrack entry"
+            )
+        }
+        (Stack::WeftSocketLb, Some(n)) if n > 0 => anyhow::bail!(
+            "socket LB on, yet the client's connects left {n} service conntrack entries (balanced in tc)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Path {
     Direct,
@@ -165,24 +183,42 @@ fn measure_path(plan: &Plan, lab: &StackLab, path: Path, out: &mut Paths) -> any
 }
 
 /// Replaces `c` by `a` in the last service and times until new connections reach `a`; then
-/// puts `c` back and waits until it answers again (untimed).
+/// puts `c` back the same way (untimed).
 fn follow_change(lab: &mut StackLab) -> anyhow::Result<Follow> {
     let to = addr(objects::last_ip(), NAME_PORT);
     let (a, c) = (lab.pods.a.clone(), lab.pods.c.clone());
-    let (started, change) = lab.change_last(a.ip)?;
-    let (stale, attempts) =
-        measure::follow(&lab.pods.client, to, &a.name, &c.name, FOLLOW_TIMEOUT)?;
-    let follow = Follow {
-        ms: ms(started.elapsed()),
-        change_ms: ms(change),
-        stale,
-        attempts,
-    };
-    lab.finish_change()?;
-    lab.change_last(c.ip)?;
-    lab.finish_change()?;
-    measure::follow(&lab.pods.client, to, &c.name, &a.name, FOLLOW_TIMEOUT)?;
+    let follow = change_followed(lab, to, &a, &c)?;
+    change_followed(lab, to, &c, &a)?;
     Ok(follow)
+}
+
+/// Replaces endpoint `old` of the last service by `new`, with a probe connecting to `to` from
+/// the client until `new` answers.
+///
+/// The clock runs from the start of the change itself to the probe's first connection
+/// answered by `new`. The probe is a child process placed in the client (so socket LB applies
+/// to it): it is started, and has reached the service once, before the change; it is let go
+/// just before the change starts, so neither its start-up nor the bench's preparation of the
+/// change is counted, and its stale answers are those from the change's start on.
+fn change_followed(
+    lab: &mut StackLab,
+    to: SocketAddr,
+    new: &Pod,
+    old: &Pod,
+) -> anyhow::Result<Follow> {
+    let change = lab.prepare_change(new.ip)?;
+    let mut probe = FollowProbe::start(&lab.pods.client, to, &new.name, &old.name, FOLLOW_TIMEOUT)?;
+    probe.go()?;
+    let started_ns = measure::monotonic_ns();
+    let change_took = lab.make_change(change)?;
+    let followed = probe.finish()?;
+    lab.finish_change()?;
+    Ok(Follow {
+        ms: followed.answered_ns.saturating_sub(started_ns) as f64 / 1e6,
+        change_ms: ms(change_took),
+        stale: followed.stale,
+        attempts: followed.attempts,
+    })
 }
 
 fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {

@@ -1,4 +1,4 @@
-//! One stack's lab: Weft (agents, socket LB off) or a kube-proxy baseline, with the bench's four
+//! One stack's lab: Weft (agents, socket LB off or on) or a kube-proxy baseline, with the bench's four
 //! pods — the client and a spare backend `a` on vps1, the two endpoints `b` and `c` of the
 //! measured services on vps2 — and the way that stack is given services and endpoint changes.
 
@@ -13,6 +13,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use weft_common::ct::CT_KIND_SERVICE;
+use weft_datapath::LbMaps;
 use weft_lab::{
     LabSpec, NodeSpec, Topology,
     apply::apply,
@@ -160,42 +162,54 @@ impl StackLab {
         })
     }
 
-    /// Replaces endpoint `c` of the last service by `new` (`b` stays); returns when the change
-    /// itself started (after the bench prepared its input) and how long it took. Weft: `weft lab apply` of the slice (the agents follow on their
-    /// own); kube-proxy: the partial sync of the client's node that the changed slice sets
-    /// off, whose rules the client's packets meet (the other node's follows in
-    /// [`StackLab::finish_change`]).
-    pub fn change_last(&mut self, new: Ipv4Addr) -> anyhow::Result<(Instant, Duration)> {
+    /// The input of replacing endpoint `c` of the last service by `new` (`b` stays), made
+    /// ready so that [`StackLab::make_change`] times only the change itself. Weft: the
+    /// EndpointSlice's manifest written; kube-proxy: the objects loaded.
+    pub fn prepare_change(&self, new: Ipv4Addr) -> anyhow::Result<Change> {
         let b = self.pods.b.ip;
-        match &mut self.driver {
-            Driver::Weft { bins, dir } => {
+        match &self.driver {
+            Driver::Weft { dir, .. } => {
                 let path = dir.join(format!("last-{new}.yaml"));
-                fs::write(&path, objects::measured(objects::LAST, &[b, new]))?;
-                let started = Instant::now();
-                apply(&self.lab, bins, &[path])?;
-                Ok((started, started.elapsed()))
+                fs::write(&path, objects::measured(objects::LAST, &[b, new]))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok(Change::Weft(path))
             }
-            Driver::KubeProxy { proxies, pending } => {
+            Driver::KubeProxy { .. } => {
                 let (first, last) = ([b, self.pods.c.ip], [b, new]);
                 let text = objects::all(self.services, &first, &last)?;
-                let store = Store::from_manifests([("services.yaml", text.as_str())])?;
-                let started = Instant::now();
+                Ok(Change::KubeProxy(Store::from_manifests([(
+                    "services.yaml",
+                    text.as_str(),
+                )])?))
+            }
+        }
+    }
+
+    /// Makes a prepared change; how long it took. Weft: `weft lab apply` of the slice (the
+    /// agents follow on their own); kube-proxy: the partial sync of the client's node that the
+    /// changed slice sets off, whose rules the client's packets meet (the other node's follows
+    /// in [`StackLab::finish_change`]).
+    pub fn make_change(&mut self, change: Change) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        match (&mut self.driver, change) {
+            (Driver::Weft { bins, .. }, Change::Weft(path)) => {
+                apply(&self.lab, bins, &[path])?;
+            }
+            (Driver::KubeProxy { proxies, pending }, Change::KubeProxy(store)) => {
                 let report = proxies
                     .first_mut()
                     .context("no node")?
                     .sync_store_changes(&store)?;
-                let took = started.elapsed();
                 if report.full || report.services_written != 1 {
                     bail!("an endpoint change was not one service's partial sync: {report:?}");
                 }
                 *pending = Some(store);
-                Ok((started, took))
             }
+            _ => bail!("a change prepared for another stack"),
         }
+        Ok(started.elapsed())
     }
-}
 
-impl StackLab {
     /// kube-proxy: the other nodes' partial sync of the last change (untimed); Weft: nothing.
     pub fn finish_change(&mut self) -> anyhow::Result<()> {
         if let Driver::KubeProxy { proxies, pending } = &mut self.driver
@@ -207,6 +221,31 @@ impl StackLab {
         }
         Ok(())
     }
+
+    /// Weft: the service conntrack entries of flows from the client pod on its node — one per
+    /// recent connection balanced in tc, none when socket LB gave `connect()` the backend.
+    /// kube-proxy: None.
+    pub fn client_service_flows(&self) -> anyhow::Result<Option<usize>> {
+        if !self.stack.is_weft() {
+            return Ok(None);
+        }
+        let node = self.client_node()?;
+        let maps = LbMaps::from_pins(&node.pin_dir)
+            .with_context(|| format!("opening the maps in {}", node.pin_dir.display()))?;
+        let client = self.pods.client.ip.octets();
+        let flows = maps
+            .ct()?
+            .iter()
+            .filter(|(key, _)| key.kind == CT_KIND_SERVICE && key.saddr == client)
+            .count();
+        Ok(Some(flows))
+    }
+}
+
+/// An endpoint change ready to be made ([`StackLab::prepare_change`]).
+pub enum Change {
+    Weft(PathBuf),
+    KubeProxy(Store),
 }
 
 fn up_weft(stack: Stack, name: &str, work: &Path) -> anyhow::Result<StackLab> {
