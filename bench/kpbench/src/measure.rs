@@ -538,6 +538,21 @@ mod tests {
         (addr, name)
     }
 
+    /// [`probe_follow`] of `addr` waiting for `a` (stale: `c`), with `control` as its stdin;
+    /// the outcome and what it said on its stdout.
+    fn follow_a(addr: SocketAddr, control: &str) -> (anyhow::Result<Followed>, String) {
+        let mut said = Vec::new();
+        let followed = probe_follow(
+            addr,
+            "a",
+            "c",
+            Duration::from_secs(5),
+            &mut control.as_bytes(),
+            &mut said,
+        );
+        (followed, String::from_utf8_lossy(&said).into_owned())
+    }
+
     #[test]
     fn the_follow_probe_is_ready_before_the_go_and_counts_from_it() {
         let (addr, name) = name_server();
@@ -548,17 +563,9 @@ mod tests {
             thread::sleep(Duration::from_millis(30));
             *changer.lock().expect("lock") = "a".into();
         });
-        let mut said = Vec::new();
-        let followed = probe_follow(
-            addr,
-            "a",
-            "c",
-            Duration::from_secs(5),
-            &mut "go\n".as_bytes(),
-            &mut said,
-        )
-        .expect("a answers");
-        assert_eq!(String::from_utf8_lossy(&said), "ready\n");
+        let (followed, said) = follow_a(addr, "go\n");
+        let followed = followed.expect("a answers");
+        assert_eq!(said, "ready\n");
         assert!(followed.stale > 0 && followed.attempts > followed.stale);
         assert!(followed.answered_ns >= before + 30_000_000);
     }
@@ -567,16 +574,8 @@ mod tests {
     fn the_follow_probe_refuses_a_change_made_before_it_started() {
         let (addr, name) = name_server();
         *name.lock().expect("lock") = "a".into();
-        let mut said = Vec::new();
-        let err = probe_follow(
-            addr,
-            "a",
-            "c",
-            Duration::from_secs(5),
-            &mut "go\n".as_bytes(),
-            &mut said,
-        )
-        .expect_err("a answered before the change");
+        let (followed, said) = follow_a(addr, "go\n");
+        let err = followed.expect_err("a answered before the change");
         assert!(said.is_empty(), "not ready");
         assert!(err.to_string().contains("before the change"), "{err}");
     }
@@ -584,17 +583,9 @@ mod tests {
     #[test]
     fn the_follow_probe_waits_for_the_go() {
         let (addr, _name) = name_server();
-        let mut said = Vec::new();
-        let err = probe_follow(
-            addr,
-            "a",
-            "c",
-            Duration::from_secs(5),
-            &mut "".as_bytes(),
-            &mut said,
-        )
-        .expect_err("no go");
-        assert_eq!(String::from_utf8_lossy(&said), "ready\n");
+        let (followed, said) = follow_a(addr, "");
+        let err = followed.expect_err("no go");
+        assert_eq!(said, "ready\n");
         assert!(err.to_string().contains("expected"), "{err}");
     }
 }

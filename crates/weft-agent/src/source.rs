@@ -88,7 +88,7 @@ impl ManifestsSource {
 
     /// The directory's manifests by name, read again only where their stamp changed.
     fn snapshot(&mut self) -> anyhow::Result<BTreeMap<String, String>> {
-        let previous = self.last.clone().unwrap_or_default();
+        let previous = self.last.as_ref();
         let mut files = BTreeMap::new();
         let mut stamps = BTreeMap::new();
         let entries =
@@ -112,7 +112,7 @@ impl ManifestsSource {
             };
             let stamp = FileStamp::of(&meta);
             if self.stamps.get(&name) == Some(&stamp)
-                && let Some(text) = previous.get(&name)
+                && let Some(text) = previous.and_then(|p| p.get(&name))
             {
                 files.insert(name.clone(), text.clone());
                 stamps.insert(name, stamp);

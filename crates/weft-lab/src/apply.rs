@@ -266,10 +266,15 @@ impl Manifests {
 
     /// The objects the directory would hold with `changes` written, without writing them.
     fn store_with(&mut self, changes: &[(String, String)]) -> anyhow::Result<Store> {
-        let mut files = self.files.clone();
-        files.extend(changes.iter().cloned());
-        let files = files.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        Ok(self.cache.store(files)?)
+        let changes: BTreeMap<&str, &str> = changes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let kept = self.files.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let kept = kept.filter(|(name, _)| !changes.contains_key(name));
+        Ok(self
+            .cache
+            .store(kept.chain(changes.iter().map(|(k, v)| (*k, *v))))?)
     }
 
     pub(crate) fn write(&mut self, file: &str, text: &str) -> anyhow::Result<()> {

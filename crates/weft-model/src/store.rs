@@ -150,17 +150,17 @@ impl ManifestCache {
         let mut parsed = BTreeMap::new();
         let mut result = Ok(());
         for (file, text) in files {
-            let objects = match self.parsed.remove(file) {
-                Some((cached, objects)) if cached == text => objects,
+            let entry = match self.parsed.remove(file) {
+                Some(cached) if cached.0 == text => cached,
                 _ => match parse_manifest(file, text) {
-                    Ok(objects) => objects,
+                    Ok(objects) => (text.to_string(), objects),
                     Err(e) => {
                         result = Err(e.into());
                         break;
                     }
                 },
             };
-            parsed.insert(file.to_string(), (text.to_string(), objects));
+            parsed.insert(file.to_string(), entry);
         }
         if let Err(e) = result {
             self.parsed.append(&mut parsed);
