@@ -486,6 +486,8 @@ pub fn run_pod(t: &Topology, bins: &Binaries, pod: &PodRequest) -> anyhow::Resul
             let log = log_dir.join(format!("{}_{}_{i}.log", pod.namespace, pod.name));
             let (out, err) = log_file(&log)?;
             let child = detached_command(&netns_name, &node.cgroup, &argv)?
+                .env_clear()
+                .envs(base_env(&pod.name))
                 .envs(env)
                 .stdout(out)
                 .stderr(err)
@@ -503,6 +505,19 @@ pub fn run_pod(t: &Topology, bins: &Binaries, pod: &PodRequest) -> anyhow::Resul
         });
     }
     Ok(record)
+}
+
+/// What a container runtime gives every container before the pod's `env` (nothing of the
+/// lab's own environment): the usual PATH, root's HOME and the pod's name as HOSTNAME.
+fn base_env(pod: &str) -> [(&'static str, String); 3] {
+    [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME", "/root".into()),
+        ("HOSTNAME", pod.into()),
+    ]
 }
 
 /// The pod's IPv4 address, from the CNI result recorded (`10.42.0.10/32`).

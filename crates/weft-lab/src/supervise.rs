@@ -309,6 +309,9 @@ fn control(lab: &str, request: &Control) -> anyhow::Result<Option<i32>> {
 pub fn run(lab: &str, agent: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
     let topology = crate::lifecycle::load(lab)?;
+    if let Some(pid) = running_pid(lab).filter(|pid| *pid != std::process::id() as i32) {
+        bail!("lab {lab} has a supervisor already (pid {pid})");
+    }
     let requests = serve_control(lab)?;
     let mut supervisor = Supervisor::new(&topology, agent, config);
     supervisor.log(&format!(
@@ -526,14 +529,16 @@ impl Supervisor {
             self.save();
             let pid = self.spawn(i)?;
             self.log(&format!("agent of {node} started (pid {pid})"));
-            self.wait_ready(i, stop).with_context(|| {
-                let log = runtime::agent_log(&self.lab, &node);
-                format!(
-                    "the agent of {node} did not become ready; the end of its log ({}):\n{}",
-                    log.display(),
-                    runtime::log_tail(&log, 20)
-                )
-            })?;
+            if let Err(e) = self.wait_ready(i, stop) {
+                // The log goes with the lab when `up` fails, so the error carries its end.
+                let tail = runtime::log_tail(&runtime::agent_log(&self.lab, &node), 20);
+                let log = if tail.trim().is_empty() {
+                    "its log is empty".to_string()
+                } else {
+                    format!("the end of its log:\n{tail}")
+                };
+                bail!("the agent of {node} did not become ready: {e:#}; {log}");
+            }
             self.log(&format!("agent of {node} is ready"));
         }
         Ok(())
