@@ -256,7 +256,7 @@ pub fn stop_process(pid: i32) -> anyhow::Result<()> {
 }
 
 /// Whether `pid` still runs (a zombie of ours is reaped and counts as gone).
-fn alive(pid: Pid) -> bool {
+pub(crate) fn alive(pid: Pid) -> bool {
     let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Field 3 is the state; a zombie that is not our child shows `Z`.

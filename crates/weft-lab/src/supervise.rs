@@ -141,6 +141,9 @@ pub fn running_pid(lab: &str) -> Option<i32> {
         .trim()
         .parse()
         .ok()?;
+    if !runtime::alive(Pid::from_raw(pid)) {
+        return None;
+    }
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let ours = Path::new("/").join(cgroup(lab));
     cgroups
