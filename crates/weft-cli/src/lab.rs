@@ -16,6 +16,7 @@ use weft_lab::{
     kube_proxy::ProxyMode,
     runtime::{self, Binaries},
     selftest,
+    supervise::{self, AgentRun, AgentState, Phase, SupervisorState},
     topology::format_mac,
 };
 
@@ -103,6 +104,17 @@ pub enum LabCommand {
         #[command(flatten)]
         lab: LabName,
     },
+    /// The lab's supervisor, which `weft lab up` starts: starts the agents and restarts one
+    /// that exits.
+    #[command(hide = true)]
+    Supervise {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(long, value_name = "FILE")]
+        agent: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
@@ -152,6 +164,10 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Down { lab } => {
             println!("lab {}: {}", lab.name, weft_lab::down(&lab.name)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Supervise { lab, agent, config } => {
+            supervise::run(&lab.name, &agent, config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -223,6 +239,10 @@ fn require_hand_wired(topology: &Topology) -> anyhow::Result<()> {
 
 fn print_status(topology: &Topology) -> anyhow::Result<()> {
     println!("lab {}", topology.name);
+    let supervision = supervise::read_state(&topology.name)?;
+    if let Some(state) = &supervision {
+        println!("  {}", supervisor_line(&topology.name, state));
+    }
     println!(
         "  router  netns {:<24} underlay 198.51.100.254/24, client side 203.0.113.1/24",
         topology.router_netns
@@ -263,6 +283,9 @@ fn print_status(topology: &Topology) -> anyhow::Result<()> {
                 println!("  {line}");
             }
         }
+        if let Some(agent) = supervision.as_ref().and_then(|s| s.agent(&node.name)) {
+            println!("    {}", agent_line(agent));
+        }
         let view = match inspect(node) {
             Ok(view) => view,
             Err(e) => {
@@ -294,6 +317,43 @@ fn print_status(topology: &Topology) -> anyhow::Result<()> {
     }
     print_weft_pods(&runtime::running_pods(&topology.name)?);
     Ok(())
+}
+
+/// `supervisor pid 812, restarting agents that exit (log ...)`, or why it is not.
+fn supervisor_line(lab: &str, state: &SupervisorState) -> String {
+    let log = supervise::log_path(lab);
+    let running = supervise::running_pid(lab).is_some();
+    let what = match (&state.phase, running) {
+        (Phase::Supervising, true) => "restarting agents that exit".to_string(),
+        (Phase::Starting { node }, true) => format!("starting the agent of {node}"),
+        (Phase::Failed { error }, _) => format!("failed: {}", error.lines().next().unwrap_or("")),
+        (Phase::Stopped, _) => "stopped: agents that exit stay down".to_string(),
+        (_, false) => "NOT RUNNING: agents that exit stay down".to_string(),
+    };
+    format!(
+        "supervisor pid {}, {what} (log {})",
+        state.pid,
+        log.display()
+    )
+}
+
+/// `agent pid 905, running, restarts 1 (last exit: signal: 9 (SIGKILL))`.
+fn agent_line(agent: &AgentState) -> String {
+    let run = match agent.run {
+        AgentRun::NotStarted => "not started",
+        AgentRun::Running => "running",
+        AgentRun::Restarting => "exited, restarting",
+        AgentRun::Held => "stopped on request",
+    };
+    let pid = agent
+        .pid
+        .map_or_else(|| "-".to_string(), |pid| pid.to_string());
+    let last = agent
+        .last_exit
+        .as_deref()
+        .map(|exit| format!(" (last exit: {exit})"))
+        .unwrap_or_default();
+    format!("agent pid {pid}, {run}, restarts {}{last}", agent.restarts)
 }
 
 fn print_weft_pods(pods: &[runtime::PodRecord]) {

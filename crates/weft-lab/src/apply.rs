@@ -1,7 +1,8 @@
 //! `weft lab apply -f` and `weft lab delete -f`: Kubernetes objects into and out of the lab's
 //! manifests directory, as kubectl puts them into a cluster, and the lab acting as kubelet for
-//! the Pods among them. Every file is parsed before anything changes: one bad document refuses
-//! the whole request and leaves the lab as it was.
+//! the Pods among them. `apply` is all or nothing: every file is parsed and checked before
+//! anything changes (one bad document refuses the whole request), and when a Pod then fails to
+//! start, what the request wrote is put back and the pods it started are stopped.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +14,7 @@ use anyhow::{Context as _, anyhow, bail};
 use weft_model::{
     ClusterConfig, Ipv4Cidr, ManifestCache,
     endpointslice::is_derived,
-    k8s::{ClusterIp, Object, Service, parse_manifest, with_cluster_ip},
+    k8s::{ClusterIp, Object, Pod, Service, parse_manifest, with_cluster_ip},
     store::Store,
 };
 
@@ -128,11 +129,12 @@ fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
             fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         let label = file.display().to_string();
         for (i, doc) in split_documents(&text).into_iter().enumerate() {
-            let objects = parse_manifest(&format!("{label} (document {})", i + 1), &doc)?;
+            let origin = format!("{label} (document {})", i + 1);
+            let objects = parse_manifest(&origin, &doc)?;
             for object in objects {
                 refuse_lab_written(&label, &object)?;
                 out.push(Document {
-                    origin: label.clone(),
+                    origin: origin.clone(),
                     file_name: object_file_name(&object),
                     text: doc.clone(),
                     object,
@@ -185,9 +187,48 @@ pub fn current_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// Checks what the lab can run: containers with a command, a node that exists, names that fit
-/// a namespace name.
-fn validate_pod(t: &Topology, object: &Object) -> anyhow::Result<()> {
+/// What is refused before anything changes: an object given twice, a Pod the lab cannot run
+/// or that would change an immutable field.
+fn check_request(
+    t: &Topology,
+    docs: &[Document],
+    stored: &Store,
+    running: &[PodRecord],
+) -> anyhow::Result<()> {
+    refuse_duplicates(docs)?;
+    for doc in docs {
+        validate_pod(t, &doc.object, stored, running)
+            .with_context(|| format!("{} ({})", doc.origin, describe(&doc.object)))?;
+    }
+    Ok(())
+}
+
+/// One object twice in one request would leave the last one applied: refused, as the same
+/// file of the manifests directory.
+fn refuse_duplicates(docs: &[Document]) -> anyhow::Result<()> {
+    let mut seen: BTreeMap<&str, &Document> = BTreeMap::new();
+    for doc in docs {
+        if let Some(first) = seen.insert(&doc.file_name, doc) {
+            bail!(
+                "{} is given twice: in {} and in {}",
+                describe(&doc.object),
+                first.origin,
+                doc.origin
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks what the lab can run: containers with a command and an `env` it can resolve, a node
+/// that exists, names that fit a namespace name; and that a Pod applied again changes none of
+/// the fields Kubernetes keeps immutable (where it runs, its containers).
+fn validate_pod(
+    t: &Topology,
+    object: &Object,
+    stored: &Store,
+    running: &[PodRecord],
+) -> anyhow::Result<()> {
     let Object::Pod(pod) = object else {
         return Ok(());
     };
@@ -217,6 +258,43 @@ fn validate_pod(t: &Topology, object: &Object) -> anyhow::Result<()> {
             "pod {name} names node {node}, which lab {} does not have",
             t.name
         );
+    }
+    for container in &pod.spec.containers {
+        for var in &container.env {
+            var.check_supported()
+                .with_context(|| format!("container {} of pod {name}", container.name))?;
+        }
+    }
+    refuse_immutable_changes(pod, stored, running)
+}
+
+/// A Pod's spec cannot change once it exists (Kubernetes refuses such an update): it would
+/// otherwise be stored changed while the old one keeps running.
+fn refuse_immutable_changes(
+    pod: &Pod,
+    stored: &Store,
+    running: &[PodRecord],
+) -> anyhow::Result<()> {
+    let (namespace, name) = (pod.metadata.namespace(), pod.metadata.name.as_str());
+    let recreate = "a Pod's spec is immutable: delete the Pod, then apply it again";
+    let runs_on = running
+        .iter()
+        .find(|r| r.namespace == namespace && r.name == name)
+        .map(|r| r.node.as_str());
+    let old = stored.pod(namespace, name);
+    let placed = runs_on.or_else(|| old.and_then(|p| p.spec.node_name.as_deref()));
+    if let (Some(wanted), Some(placed)) = (pod.spec.node_name.as_deref(), placed)
+        && wanted != placed
+    {
+        bail!(
+            "pod {namespace}/{name} is on node {placed}; spec.nodeName {wanted} would move it \
+             ({recreate})"
+        );
+    }
+    if let Some(old) = old
+        && old.spec.containers != pod.spec.containers
+    {
+        bail!("pod {namespace}/{name}: spec.containers differ from the stored Pod's ({recreate})");
     }
     Ok(())
 }
@@ -298,49 +376,138 @@ impl Manifests {
     }
 }
 
-/// Puts the objects of `paths` into the lab and starts the Pods among them.
+/// Puts the objects of `paths` into the lab and starts the Pods among them; all or nothing.
 pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result<ApplyReport> {
     let docs = read_documents(paths)?;
-    for doc in &docs {
-        validate_pod(t, &doc.object)
-            .with_context(|| format!("{} ({})", doc.origin, describe(&doc.object)))?;
-    }
-    let config = runtime::cluster_config(&t.name)?;
     let mut manifests = Manifests::read(&runtime::manifests_dir(&t.name))?;
-    let (objects, warnings) = put_documents(&mut manifests, docs, &config)?;
+    let stored = manifests.store().context("the lab's objects do not load")?;
+    let running = runtime::running_pods(&t.name)?;
+    check_request(t, &docs, &stored, &running)?;
+    let config = runtime::cluster_config(&t.name)?;
+    let settled = settle_documents(&mut manifests, &stored, docs, &config)?;
+    let pods = plan_pods(t, &settled.store, &running)?;
+    for node in pods.nodes_starting() {
+        runtime::ensure_agent_answers(&t.name, node)?;
+    }
     let mut report = ApplyReport {
-        objects,
-        warnings,
+        objects: settled.described,
+        warnings: settled.warnings,
         ..ApplyReport::default()
     };
-    reconcile_pods_of(t, bins, &mut manifests, &mut report)?;
+    let previous = previous_texts(&manifests, &settled.changes);
+    let applied = write_all(&mut manifests, &settled.changes)
+        .and_then(|()| carry_out(t, bins, &pods, &mut report));
+    if let Err(err) = applied {
+        return Err(undo(t, bins, &mut manifests, previous, &mut report, err));
+    }
+    report.slices = sync_slices_after(&mut manifests, &report, settled.store)?;
     Ok(report)
+}
+
+/// What a request comes to once Services have their addresses: the files to write, the
+/// objects as described to the user, warnings, and the directory's objects with them.
+struct Settled {
+    changes: Vec<(String, String)>,
+    described: Vec<String>,
+    warnings: Vec<String>,
+    store: Store,
+}
+
+/// Gives the Services among `docs` their clusterIP, node ports and ingress address, and checks
+/// that the whole directory with them loads; nothing is written.
+fn settle_documents(
+    manifests: &mut Manifests,
+    stored: &Store,
+    mut docs: Vec<Document>,
+    config: &ClusterConfig,
+) -> anyhow::Result<Settled> {
+    give_cluster_ips(&mut docs, stored, config.service_cidr)?;
+    let warnings = give_north_south(&mut docs, stored, config)?;
+    let changes: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| (d.file_name.clone(), d.text.clone()))
+        .collect();
+    let store = manifests
+        .store_with(&changes)
+        .context("the lab's objects with these applied would not load")?;
+    Ok(Settled {
+        changes,
+        described: docs.iter().map(|d| describe(&d.object)).collect(),
+        warnings,
+        store,
+    })
 }
 
 /// Writes `docs` into the manifests directory, Services with the clusterIP, node ports and
 /// ingress address they get, once the whole directory with them is known to load; what was
 /// written, described, and warnings.
+#[cfg(test)]
 fn put_documents(
     manifests: &mut Manifests,
-    mut docs: Vec<Document>,
+    docs: Vec<Document>,
     config: &ClusterConfig,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let stored = manifests.store().context("the lab's objects do not load")?;
-    give_cluster_ips(&mut docs, &stored, config.service_cidr)?;
-    let warnings = give_north_south(&mut docs, &stored, config)?;
-    let changes: Vec<(String, String)> = docs
+    let settled = settle_documents(manifests, &stored, docs, config)?;
+    write_all(manifests, &settled.changes)?;
+    Ok((settled.described, settled.warnings))
+}
+
+fn write_all(manifests: &mut Manifests, changes: &[(String, String)]) -> anyhow::Result<()> {
+    changes
         .iter()
-        .map(|d| (d.file_name.clone(), d.text.clone()))
-        .collect();
-    manifests
-        .store_with(&changes)
-        .context("the lab's objects with these applied would not load")?;
-    let mut described = Vec::new();
-    for doc in &docs {
-        manifests.write(&doc.file_name, &doc.text)?;
-        described.push(describe(&doc.object));
+        .try_for_each(|(file, text)| manifests.write(file, text))
+}
+
+/// The text each file of `changes` has now; `None` where there is no such file.
+fn previous_texts(
+    manifests: &Manifests,
+    changes: &[(String, String)],
+) -> Vec<(String, Option<String>)> {
+    changes
+        .iter()
+        .map(|(file, _)| (file.clone(), manifests.files().get(file).cloned()))
+        .collect()
+}
+
+/// Takes back a failed apply: stops the pods it started, puts the files it wrote back as they
+/// were, and brings the derived slices to what runs. The error says what failed and whether
+/// taking it back did too.
+fn undo(
+    t: &Topology,
+    bins: &Binaries,
+    manifests: &mut Manifests,
+    previous: Vec<(String, Option<String>)>,
+    report: &mut ApplyReport,
+    err: anyhow::Error,
+) -> anyhow::Error {
+    let mut failures = Vec::new();
+    for record in std::mem::take(&mut report.started) {
+        if let Err(e) = runtime::stop_pod(t, bins, &record) {
+            failures.push(format!("{e:#}"));
+        }
     }
-    Ok((described, warnings))
+    for (file, text) in previous.iter().rev() {
+        let restored = match text {
+            Some(text) => manifests.write(file, text),
+            None => manifests.remove(file).map(drop),
+        };
+        if let Err(e) = restored {
+            failures.push(format!("restoring {file}: {e:#}"));
+        }
+    }
+    let store = manifests.read_again().and_then(|()| manifests.store());
+    if let Err(e) = store.and_then(|store| sync_slices_of(manifests, &store)) {
+        failures.push(format!("EndpointSlices: {e:#}"));
+    }
+    if failures.is_empty() {
+        err.context("nothing of the request was kept: its objects are as they were")
+    } else {
+        err.context(format!(
+            "taking the request back failed too: {}",
+            failures.join("; ")
+        ))
+    }
 }
 
 /// Sets the node ports and ingress address of every north-south Service among `docs`, in its
@@ -443,39 +610,56 @@ fn reconcile_pods_of(
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
     let store = manifests.store()?;
-    let pods = start_and_stop_pods(t, bins, &store, report);
-    // Pods that started or stopped wrote or removed their WeftEndpoints.
-    let store = if report.started.is_empty() && report.stopped.is_empty() {
-        Ok(store)
-    } else {
-        manifests.read_again().and_then(|()| manifests.store())
-    };
-    let slices = store.and_then(|store| sync_slices_of(manifests, &store));
+    let pods = runtime::running_pods(&t.name)
+        .and_then(|running| plan_pods(t, &store, &running))
+        .and_then(|plan| carry_out(t, bins, &plan, report));
+    let slices = sync_slices_after(manifests, report, store);
     pods?;
     report.slices = slices?;
     Ok(())
 }
 
-fn start_and_stop_pods(
-    t: &Topology,
-    bins: &Binaries,
-    store: &Store,
-    report: &mut ApplyReport,
-) -> anyhow::Result<()> {
-    let running = runtime::running_pods(&t.name)?;
-    let mut errors = Vec::new();
-    for record in &running {
-        if store.pod(&record.namespace, &record.name).is_none() {
-            match runtime::stop_pod(t, bins, record) {
-                Ok(()) => report.stopped.push(record.clone()),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
+/// Brings the derived EndpointSlices to the pods that run; `store` holds the directory's
+/// objects from before pods started or stopped.
+fn sync_slices_after(
+    manifests: &mut Manifests,
+    report: &ApplyReport,
+    store: Store,
+) -> anyhow::Result<SliceChanges> {
+    // Pods that started or stopped wrote or removed their WeftEndpoints.
+    let store = if report.started.is_empty() && report.stopped.is_empty() {
+        store
+    } else {
+        manifests.read_again()?;
+        manifests.store()?
+    };
+    sync_slices_of(manifests, &store)
+}
+
+/// The pods to stop (their Pod is gone) and to start (their Pod does not run), each on its
+/// `nodeName`, else on the node running the fewest pods.
+struct PodPlan {
+    stop: Vec<PodRecord>,
+    start: Vec<PodRequest>,
+}
+
+impl PodPlan {
+    fn nodes_starting(&self) -> std::collections::BTreeSet<&str> {
+        self.start.iter().map(|p| p.node.as_str()).collect()
     }
+}
+
+fn plan_pods(t: &Topology, store: &Store, running: &[PodRecord]) -> anyhow::Result<PodPlan> {
+    let stop: Vec<PodRecord> = running
+        .iter()
+        .filter(|r| store.pod(&r.namespace, &r.name).is_none())
+        .cloned()
+        .collect();
     let mut load: BTreeMap<String, usize> = t.nodes.iter().map(|n| (n.name.clone(), 0)).collect();
-    for record in running.iter().filter(|r| !report.stopped.contains(r)) {
+    for record in running.iter().filter(|r| !stop.contains(r)) {
         *load.entry(record.node.clone()).or_default() += 1;
     }
+    let mut start = Vec::new();
     for ((namespace, name), pod) in &store.pods {
         if running
             .iter()
@@ -487,23 +671,42 @@ fn start_and_stop_pods(
             Some(node) => node.clone(),
             None => least_loaded(&load).ok_or_else(|| anyhow!("lab {} has no nodes", t.name))?,
         };
-        let request = PodRequest {
+        *load.entry(node.clone()).or_default() += 1;
+        start.push(PodRequest {
             namespace: namespace.clone(),
             name: name.clone(),
-            node: node.clone(),
-            containers: pod
-                .spec
-                .containers
-                .iter()
-                .map(|c| c.command.iter().chain(&c.args).cloned().collect())
-                .collect(),
-        };
-        match runtime::run_pod(t, bins, &request) {
-            Ok(record) => {
-                *load.entry(node).or_default() += 1;
-                report.started.push(record);
+            node,
+            containers: pod.spec.containers.clone(),
+        });
+    }
+    Ok(PodPlan { stop, start })
+}
+
+/// Stops and starts the pods of `plan`, recording each in `report`. Every stop is tried; the
+/// first pod that fails to start ends the starting (what started is in `report`).
+fn carry_out(
+    t: &Topology,
+    bins: &Binaries,
+    plan: &PodPlan,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for record in &plan.stop {
+        match runtime::stop_pod(t, bins, record) {
+            Ok(()) => report.stopped.push(record.clone()),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    for request in &plan.start {
+        match runtime::run_pod(t, bins, request) {
+            Ok(record) => report.started.push(record),
+            Err(e) => {
+                errors.push(format!(
+                    "pod {}/{} on {}: {e:#}",
+                    request.namespace, request.name, request.node
+                ));
+                break;
             }
-            Err(e) => errors.push(format!("pod {namespace}/{name}: {e:#}")),
         }
     }
     if errors.is_empty() {
@@ -794,6 +997,137 @@ mod tests {
         );
         let err = put(&dir, &slice).unwrap_err();
         assert!(format!("{err:#}").contains("derived by the lab"), "{err:#}");
+    }
+
+    /// The request `text` (as file `request.yaml`) checked against the objects of `dir`, on a
+    /// planned 2-node lab where `running` pods run.
+    fn check(dir: &TempDir, text: &str, running: &[PodRecord]) -> anyhow::Result<()> {
+        let request = TempDir::new();
+        request.write("request.yaml", text);
+        let docs = read_documents(&[request.0.join("request.yaml")])?;
+        let t = crate::plan(&crate::LabSpec::with_size("chk", 2, 0))?;
+        let stored = Manifests::read(&dir.0)?.store()?;
+        check_request(&t, &docs, &stored, running)
+    }
+
+    fn pod(name: &str, spec: &str) -> String {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n")
+    }
+
+    fn record(name: &str, node: &str) -> PodRecord {
+        PodRecord {
+            namespace: "default".into(),
+            name: name.into(),
+            node: node.into(),
+            netns: format!("chk-{node}-{name}"),
+            container_id: String::new(),
+            address: None,
+            pids: vec![],
+        }
+    }
+
+    const SLEEP: &str = "containers: [{name: c, command: [sleep, '60']}]";
+
+    #[test]
+    fn an_object_given_twice_in_one_request_is_refused() {
+        let dir = TempDir::new();
+        let web = pod("web", &format!("{{{SLEEP}}}"));
+        let other = pod("other", &format!("{{{SLEEP}}}"));
+        check(&dir, &format!("{web}{other}"), &[]).expect("distinct names");
+        let err = format!(
+            "{:#}",
+            check(&dir, &format!("{web}{other}{web}"), &[]).unwrap_err()
+        );
+        assert!(
+            err.starts_with("Pod default/web is given twice: in "),
+            "{err}"
+        );
+        assert!(
+            err.contains("request.yaml (document 1) and in ")
+                && err.ends_with("request.yaml (document 3)"),
+            "{err}"
+        );
+        let svc = service("web", "{ports: [{port: 80}]}");
+        let err = check(&dir, &format!("{svc}---\n{svc}"), &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("Service default/web is given twice"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_pod_applied_again_may_not_move_or_change_its_containers() {
+        let dir = TempDir::new();
+        put(&dir, &pod("web", &format!("{{nodeName: vps1, {SLEEP}}}"))).expect("stored");
+        put(&dir, &pod("free", &format!("{{{SLEEP}}}"))).expect("stored");
+        let running = [record("web", "vps1"), record("free", "vps2")];
+        check(
+            &dir,
+            &pod("web", &format!("{{nodeName: vps1, {SLEEP}}}")),
+            &running,
+        )
+        .expect("the same Pod again");
+        check(&dir, &pod("web", &format!("{{{SLEEP}}}")), &running)
+            .expect("no nodeName: it stays where it is");
+        let moved = check(
+            &dir,
+            &pod("web", &format!("{{nodeName: vps2, {SLEEP}}}")),
+            &running,
+        );
+        let err = format!("{:#}", moved.unwrap_err());
+        assert!(
+            err.contains("pod default/web is on node vps1; spec.nodeName vps2 would move it"),
+            "{err}"
+        );
+        assert!(err.contains("delete the Pod, then apply it again"), "{err}");
+        // Placed by the lab (no nodeName stored): where it runs counts.
+        let moved = check(
+            &dir,
+            &pod("free", &format!("{{nodeName: vps1, {SLEEP}}}")),
+            &running,
+        );
+        assert!(
+            format!("{:#}", moved.unwrap_err()).contains("is on node vps2"),
+            "placed by the lab"
+        );
+        let changed = pod(
+            "web",
+            "{nodeName: vps1, containers: [{name: c, command: [sleep, '61']}]}",
+        );
+        let err = format!("{:#}", check(&dir, &changed, &running).unwrap_err());
+        assert!(err.contains("spec.containers differ"), "{err}");
+    }
+
+    #[test]
+    fn an_env_the_lab_cannot_resolve_is_refused_before_anything_changes() {
+        let dir = TempDir::new();
+        let with_env = |env: &str| {
+            pod(
+                "web",
+                &format!("{{containers: [{{name: c, command: [sleep, '60'], env: [{env}]}}]}}"),
+            )
+        };
+        check(
+            &dir,
+            &with_env(
+                "{name: A, value: a}, {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}",
+            ),
+            &[],
+        )
+        .expect("supported");
+        for (env, says) in [
+            (
+                "{name: T, valueFrom: {secretKeyRef: {name: s, key: k}}}",
+                "container c of pod web: env T: valueFrom.secretKeyRef is not supported",
+            ),
+            (
+                "{name: U, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}",
+                "env U: fieldRef `metadata.uid` is not supported",
+            ),
+        ] {
+            let err = format!("{:#}", check(&dir, &with_env(env), &[]).unwrap_err());
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! cgroup (so `down` can find and kill it, and per-node socket LB applies to it).
 
 use std::{
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::Path,
     process::{Command, ExitStatus},
@@ -61,8 +61,25 @@ pub fn placed_command(
     argv: &[String],
     new_session: bool,
 ) -> anyhow::Result<Command> {
+    placed(Some(netns::open(netns_name)?), cgroup, argv, new_session)
+}
+
+/// [`placed_command`] in the caller's network namespace.
+pub(crate) fn command_in_cgroup(
+    cgroup: &Path,
+    argv: &[String],
+    new_session: bool,
+) -> anyhow::Result<Command> {
+    placed(None, cgroup, argv, new_session)
+}
+
+fn placed(
+    ns: Option<File>,
+    cgroup: &Path,
+    argv: &[String],
+    new_session: bool,
+) -> anyhow::Result<Command> {
     let (program, args) = argv.split_first().context("no command given")?;
-    let ns = netns::open(netns_name)?;
     let cgroup2 = host::find_cgroup2_root().context("no cgroup2 hierarchy is mounted")?;
     let procs_path = cgroup2.join(cgroup).join("cgroup.procs");
     let procs = OpenOptions::new()
@@ -75,7 +92,9 @@ pub fn placed_command(
     // allocation, no locks), which is what a pre_exec hook may do.
     unsafe {
         command.pre_exec(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            if let Some(ns) = &ns {
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            }
             write(procs.as_fd(), b"0")?;
             if new_session {
                 setsid()?;

@@ -24,6 +24,7 @@ pub mod seed;
 pub mod selftest;
 pub mod slices;
 pub mod spec;
+pub mod supervise;
 #[cfg(test)]
 mod temp_dir;
 pub mod testing;

@@ -1,6 +1,7 @@
 //! Bringing a lab up and down. `down` works from what is on the machine (namespaces in
 //! /run/netns, the lab's cgroup and bpffs directories), not from the state file, so it also
-//! cleans up after a crashed `up` or a killed test.
+//! cleans up after a crashed `up` or a killed test. It stops the lab's supervisor first, so
+//! that no agent is restarted while the lab goes.
 
 use std::{
     fmt, fs, io,
@@ -30,6 +31,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `down` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DownReport {
+    /// The lab's supervisor, stopped first so that it restarts nothing being taken down.
+    pub supervisor: Option<i32>,
     /// PIDs that were in the lab's cgroups and got SIGKILL.
     pub killed: Vec<i32>,
     pub netns: Vec<String>,
@@ -49,6 +52,9 @@ impl fmt::Display for DownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
             return write!(f, "nothing to remove");
+        }
+        if let Some(pid) = self.supervisor {
+            write!(f, "stopped the supervisor (pid {pid}); ")?;
         }
         let mut parts = Vec::new();
         if !self.killed.is_empty() {
@@ -181,6 +187,10 @@ pub fn down(name: &str) -> anyhow::Result<DownReport> {
     let mut report = DownReport::default();
     let cgroup = find_lab_cgroup(name);
     let mut errors = Vec::new();
+    match crate::supervise::stop(name) {
+        Ok(pid) => report.supervisor = pid,
+        Err(e) => errors.push(e.context("stopping the lab's supervisor")),
+    }
     if let Some(cg) = &cgroup
         && let Err(e) = kill_processes(cg, &mut report)
     {

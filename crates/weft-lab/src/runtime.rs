@@ -11,7 +11,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +24,13 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 use weft_api::{AgentStatus, Request, Response};
-use weft_model::ClusterConfig;
+use weft_model::{
+    ClusterConfig,
+    k8s::{
+        Container,
+        env::{PodFields, expand_argv, resolve_env},
+    },
+};
 
 use crate::{
     host, ip, netns,
@@ -32,24 +38,28 @@ use crate::{
 };
 
 /// How long a starting agent may take to report ready.
-const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped process may take to exit before it gets SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The executables the lab runs: the node agent and the CNI plugin.
+/// The executables the lab runs: the node agent, the CNI plugin, and `weft` (whose
+/// `weft lab supervise` is the lab's supervisor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binaries {
     pub agent: PathBuf,
     pub cni: PathBuf,
+    pub weft: PathBuf,
 }
 
 impl Binaries {
-    /// `WEFT_AGENT` / `WEFT_CNI` when set, else `weft-agent` / `weft-cni` next to the running
-    /// executable or in one of its parent directories (a test binary lives in `target/*/deps`).
+    /// `WEFT_AGENT` / `WEFT_CNI` / `WEFT_CLI` when set, else `weft-agent` / `weft-cni` /
+    /// `weft` next to the running executable or in one of its parent directories (a test
+    /// binary lives in `target/*/deps`).
     pub fn locate() -> anyhow::Result<Binaries> {
         Ok(Binaries {
             agent: locate_binary("WEFT_AGENT", "weft-agent")?,
             cni: locate_binary("WEFT_CNI", "weft-cni")?,
+            weft: locate_binary("WEFT_CLI", "weft")?,
         })
     }
 }
@@ -149,52 +159,55 @@ pub fn detached_command(
     Ok(command)
 }
 
-/// Starts the agent of `node` and waits until it reports ready.
-pub fn start_agent(
-    t: &Topology,
+/// Starts the agent of `node` in the node's namespace and cgroup, logging to its `agent.log`,
+/// and records its pid; it is not ready yet.
+pub(crate) fn spawn_agent(
+    lab: &str,
     node: &NodeSpec,
-    bins: &Binaries,
+    agent: &Path,
     config: Option<&Path>,
-) -> anyhow::Result<(u32, AgentStatus)> {
-    let dir = node_dir(&t.name, &node.name);
+) -> anyhow::Result<Child> {
+    let dir = node_dir(lab, &node.name);
     host::create_dir_all(&dir)?;
-    host::create_dir_all(&manifests_dir(&t.name))?;
+    host::create_dir_all(&manifests_dir(lab))?;
     let mut argv = vec![
-        bins.agent.display().to_string(),
+        agent.display().to_string(),
         "--node".into(),
         node.name.clone(),
         "--manifests".into(),
-        manifests_dir(&t.name).display().to_string(),
+        manifests_dir(lab).display().to_string(),
         "--state-dir".into(),
         dir.join("state").display().to_string(),
         "--pin-dir".into(),
         node.pin_dir.display().to_string(),
         "--socket".into(),
-        agent_socket(&t.name, &node.name).display().to_string(),
+        agent_socket(lab, &node.name).display().to_string(),
         "--external-device".into(),
         crate::datapath::EXTERNAL_DEVICE.into(),
     ];
     if let Some(config) = config {
         argv.extend(["--config".into(), config.display().to_string()]);
     }
-    let (out, err) = log_file(&dir.join("agent.log"))?;
-    let mut command = detached_command(&node.netns, &node.cgroup, &argv)?;
-    let child = command
+    let (out, err) = log_file(&agent_log(lab, &node.name))?;
+    let child = detached_command(&node.netns, &node.cgroup, &argv)?
         .stdout(out)
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting the agent of {}", node.name))?;
-    let pid = child.id();
-    fs::write(dir.join("agent.pid"), pid.to_string()).context("recording the agent's pid")?;
-    let status =
-        wait_ready(&agent_socket(&t.name, &node.name), AGENT_READY_TIMEOUT).with_context(|| {
-            format!(
-                "the agent of {} did not become ready (log: {})",
-                node.name,
-                dir.join("agent.log").display()
-            )
-        })?;
-    Ok((pid, status))
+    fs::write(dir.join("agent.pid"), child.id().to_string())
+        .context("recording the agent's pid")?;
+    Ok(child)
+}
+
+pub fn agent_log(lab: &str, node: &str) -> PathBuf {
+    node_dir(lab, node).join("agent.log")
+}
+
+/// The last `lines` lines of a log, for an error that outlives the file.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Polls the agent's Status until it says ready.
@@ -243,7 +256,7 @@ pub fn stop_process(pid: i32) -> anyhow::Result<()> {
 }
 
 /// Whether `pid` still runs (a zombie of ours is reaped and counts as gone).
-fn alive(pid: Pid) -> bool {
+pub(crate) fn alive(pid: Pid) -> bool {
     let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Field 3 is the state; a zombie that is not our child shows `Z`.
@@ -272,8 +285,8 @@ pub struct PodRequest {
     pub namespace: String,
     pub name: String,
     pub node: String,
-    /// One argv per container (`command` followed by `args`).
-    pub containers: Vec<Vec<String>>,
+    /// Each runs as one process: `command` followed by `args`, with `env`.
+    pub containers: Vec<Container>,
 }
 
 impl PodRequest {
@@ -419,11 +432,26 @@ pub fn call_cni(
     serde_json::from_str(&stdout).with_context(|| format!("CNI {command} printed {stdout}"))
 }
 
+/// Fails, naming the node and its agent, when the node's agent does not answer: a pod there
+/// cannot get its network.
+pub fn ensure_agent_answers(lab: &str, node: &str) -> anyhow::Result<()> {
+    let socket = agent_socket(lab, node);
+    weft_api::call(&socket, &Request::Status)
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "the agent of node {node} does not answer (`weft lab status --name {lab}` shows \
+                 it)"
+            )
+        })
+}
+
 /// Starts a pod: namespace, CNI ADD, container processes. On failure nothing of it is left.
 pub fn run_pod(t: &Topology, bins: &Binaries, pod: &PodRequest) -> anyhow::Result<PodRecord> {
     let node = t
         .node(&pod.node)
         .ok_or_else(|| anyhow!("lab {} has no node {}", t.name, pod.node))?;
+    ensure_agent_answers(&t.name, &node.name)?;
     let netns_name = pod.netns(&t.name);
     ip::batch(None, &[format!("netns add {netns_name}")], false)
         .with_context(|| format!("creating netns {netns_name}"))?;
@@ -443,12 +471,24 @@ pub fn run_pod(t: &Topology, bins: &Binaries, pod: &PodRequest) -> anyhow::Resul
         .ok();
         let result = call_cni(t, node, bins, "ADD", pod)?;
         record.address = result["ips"][0]["address"].as_str().map(str::to_string);
+        let fields = PodFields {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            node_name: pod.node.clone(),
+            pod_ip: address_of(&record)?,
+        };
         let log_dir = pods_dir(&t.name);
         host::create_dir_all(&log_dir)?;
-        for (i, argv) in pod.containers.iter().enumerate() {
+        for (i, container) in pod.containers.iter().enumerate() {
+            let env = resolve_env(&container.env, &fields)
+                .with_context(|| format!("container {} of pod {}", container.name, pod.name))?;
+            let argv = expand_argv(&container.command, &container.args, &env);
             let log = log_dir.join(format!("{}_{}_{i}.log", pod.namespace, pod.name));
             let (out, err) = log_file(&log)?;
-            let child = detached_command(&netns_name, &node.cgroup, argv)?
+            let child = detached_command(&netns_name, &node.cgroup, &argv)?
+                .env_clear()
+                .envs(base_env(&pod.name))
+                .envs(env)
                 .stdout(out)
                 .stderr(err)
                 .spawn()
@@ -465,6 +505,30 @@ pub fn run_pod(t: &Topology, bins: &Binaries, pod: &PodRequest) -> anyhow::Resul
         });
     }
     Ok(record)
+}
+
+/// What a container runtime gives every container before the pod's `env` (nothing of the
+/// lab's own environment): the usual PATH, root's HOME and the pod's name as HOSTNAME.
+fn base_env(pod: &str) -> [(&'static str, String); 3] {
+    [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME", "/root".into()),
+        ("HOSTNAME", pod.into()),
+    ]
+}
+
+/// The pod's IPv4 address, from the CNI result recorded (`10.42.0.10/32`).
+fn address_of(record: &PodRecord) -> anyhow::Result<std::net::Ipv4Addr> {
+    let address = record
+        .address
+        .as_deref()
+        .context("the CNI plugin gave the pod no IPv4 address")?;
+    let ip = address.split('/').next().unwrap_or_default();
+    ip.parse()
+        .with_context(|| format!("the CNI plugin gave the pod address `{address}`"))
 }
 
 /// Stops a pod's processes, calls CNI DEL, removes its namespace and record.
@@ -504,9 +568,10 @@ pub fn stop_pod(t: &Topology, bins: &Binaries, record: &PodRecord) -> anyhow::Re
     }
 }
 
-/// Brings up a lab whose pods come from Weft (no hand-wired pods) and starts every node's
-/// agent, one after another so the node CIDRs are claimed in node order. On failure the lab is
-/// taken down again.
+/// Brings up a lab whose pods come from Weft (no hand-wired pods) and its supervisor, which
+/// starts every node's agent, one after another so the node CIDRs are claimed in node order,
+/// and restarts an agent that exits. `config` is checked before anything is made. On failure
+/// the lab is taken down again.
 pub fn up_cluster(
     spec: &crate::spec::LabSpec,
     bins: &Binaries,
@@ -515,12 +580,12 @@ pub fn up_cluster(
     if spec.pods_per_node != 0 {
         bail!("a lab run by Weft's agents has no hand-wired pods (pods_per_node must be 0)");
     }
+    if let Some(config) = config {
+        check_config(config)?;
+    }
     let t = crate::lifecycle::up(spec)?;
-    let started = record_config(&t.name, config).and_then(|config| {
-        t.nodes
-            .iter()
-            .try_for_each(|node| start_agent(&t, node, bins, config.as_deref()).map(drop))
-    });
+    let started = record_config(&t.name, config)
+        .and_then(|config| crate::supervise::start(&t, bins, config.as_deref()));
     if let Err(err) = started {
         return Err(match crate::lifecycle::down(&t.name) {
             Ok(_) => err,
@@ -528,6 +593,13 @@ pub fn up_cluster(
         });
     }
     Ok(t)
+}
+
+/// Reads a `values.yaml` as the agents will, so that a key Weft refuses is reported before
+/// anything starts.
+pub fn check_config(path: &Path) -> anyhow::Result<ClusterConfig> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ClusterConfig::from_yaml(&text).with_context(|| format!("{} is refused", path.display()))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use weft_lab::{
     leftovers,
     netns::run_in,
     runtime::{self, PodRecord},
+    supervise,
     testing::{TestCluster, pod_address, running_as_root},
     traffic,
 };
@@ -263,18 +264,11 @@ fn full_size_transfers_cross_the_tunnel_and_survive_an_agent_restart() {
     send_and_check(&mut stream, &mut conn);
 
     // Restart vps1's agent: the pinned datapath keeps the connection.
-    let node1 = cluster.lab.node("vps1").expect("vps1").clone();
-    let pid = runtime::agent_pid(&cluster.lab.name, "vps1").expect("agent pid");
-    runtime::stop_process(pid).expect("stop agent");
+    supervise::stop_agent(&cluster.lab.name, "vps1").expect("stop agent");
     send_and_check(&mut stream, &mut conn);
-    runtime::start_agent(&cluster.lab, &node1, &cluster.bins, None).expect("agent restarts");
+    let status = supervise::start_agent(&cluster.lab.name, "vps1").expect("agent restarts");
     send_and_check(&mut stream, &mut conn);
     // The restarted agent still knows pods a and b.
-    let status = runtime::wait_ready(
-        &runtime::agent_socket(&cluster.lab.name, "vps1"),
-        Duration::from_secs(5),
-    )
-    .expect("ready");
     assert_eq!(status.endpoints, 2, "{status:?}");
 }
 

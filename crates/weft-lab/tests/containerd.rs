@@ -123,7 +123,13 @@ fn ctr_run_with_cni_networks_a_container_through_weft_cni() {
             namespace: "default".into(),
             name: "client".into(),
             node: "vps2".into(),
-            containers: vec![vec!["sleep".into(), "3600".into()]],
+            containers: vec![weft_model::k8s::Container {
+                name: "main".into(),
+                command: vec!["sleep".into(), "3600".into()],
+                args: vec![],
+                ports: vec![],
+                env: vec![],
+            }],
         },
     )
     .expect("client pod on vps2");

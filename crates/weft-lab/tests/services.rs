@@ -24,6 +24,7 @@ use weft_lab::{
     leftovers,
     netns::run_in,
     runtime::{self, PodRecord, locate_binary},
+    supervise,
     testing::{TestCluster, pod_address, running_as_root},
 };
 
@@ -407,13 +408,12 @@ fn pods_reach_cluster_ips_balanced_in_tc() {
     let lb_before = LbMaps::from_pins(&node1.pin_dir)
         .and_then(|m| m.services())
         .expect("services");
-    runtime::stop_process(pid).expect("stop the vps1 agent");
-    runtime::start_agent(&cluster.lab, &node1, &cluster.bins, None).expect("agent restarts");
-    runtime::wait_ready(
-        &runtime::agent_socket(&cluster.lab.name, "vps1"),
-        Duration::from_secs(10),
-    )
-    .expect("ready");
+    supervise::stop_agent(&cluster.lab.name, "vps1").expect("stop the vps1 agent");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent {pid} is stopped"
+    );
+    supervise::start_agent(&cluster.lab.name, "vps1").expect("agent restarts");
     let lb_after = LbMaps::from_pins(&node1.pin_dir)
         .and_then(|m| m.services())
         .expect("services");

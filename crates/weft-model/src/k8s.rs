@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::Ipv4Cidr;
 
+pub mod env;
 pub mod lb_pool;
 pub mod service;
 
+pub use env::{EnvVar, EnvVarSource};
 pub use lb_pool::LoadBalancerIpPool;
 use service::port;
 pub use service::{
@@ -71,6 +73,21 @@ pub struct Container {
     /// What a Service's `targetPort` may name.
     #[serde(default)]
     pub ports: Vec<ContainerPort>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+impl Pod {
+    /// Checks what serde cannot, as Kubernetes' validation does: the containers' `env`.
+    fn check(&self) -> Result<(), String> {
+        for container in &self.spec.containers {
+            for var in &container.env {
+                var.check()
+                    .map_err(|msg| format!("container {}: {msg}", container.name))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -229,7 +246,13 @@ fn object_of(value: serde_norway::Value, at: Position) -> Result<Object, Manifes
     };
     let (kind, api_version) = (kind.to_string(), api_version.to_string());
     match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Pod") => typed(value, at, &kind).map(Object::Pod),
+        ("v1", "Pod") => {
+            let pod: Pod = typed(value, at.clone(), &kind)?;
+            match pod.check() {
+                Ok(()) => Ok(Object::Pod(pod)),
+                Err(msg) => Err(ManifestError::Invalid { at, kind, msg }),
+            }
+        }
         ("v1", "Namespace") => typed(value, at, &kind).map(Object::Namespace),
         ("v1", "Node") => typed(value, at, &kind).map(Object::Node),
         ("v1", "Service") => {
@@ -403,6 +426,39 @@ spec:
         assert!(
             err.to_string()
                 .starts_with("pods.yaml document 2: invalid Pod: port 0 is not in"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_containers_env_is_read_and_checked() {
+        let with_env = PODS.replace(
+            "      ports:\n",
+            "      env:\n        - {name: MODE, value: fast}\n        \
+             - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n      ports:\n",
+        );
+        let objects = parse_manifest("pods.yaml", &with_env).unwrap();
+        let Object::Pod(pod) = &objects[1] else {
+            panic!("{objects:?}")
+        };
+        let env = &pod.spec.containers[0].env;
+        assert_eq!(
+            (env[0].name.as_str(), env[0].value.as_deref()),
+            ("MODE", Some("fast"))
+        );
+        assert_eq!(
+            env[1].value_from,
+            Some(EnvVarSource::Field("status.podIP".into()))
+        );
+        let both = with_env.replace(
+            "{name: MODE, value: fast}",
+            "{name: MODE, value: fast, valueFrom: {fieldRef: {fieldPath: metadata.name}}}",
+        );
+        let err = parse_manifest("pods.yaml", &both).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "pods.yaml document 2: invalid Pod: container main: env MODE: `value` may not"
+            ),
             "{err}"
         );
     }

@@ -207,10 +207,11 @@ pub struct Service {
 }
 
 impl Service {
-    /// Checks what serde cannot, as Kubernetes' validation does: node ports only where the type
-    /// opens them, and no node port twice for one protocol.
+    /// Checks what serde cannot, as Kubernetes' validation does: no port (or port name) twice,
+    /// node ports only where the type opens them, and no node port twice for one protocol.
     pub(crate) fn check(&self) -> Result<(), String> {
         let spec = &self.spec;
+        check_ports_unique(&spec.ports)?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, port) in spec.ports.iter().enumerate() {
             let Some(node_port) = port.node_port else {
@@ -253,6 +254,27 @@ impl Service {
             .filter_map(|i| i.ip)
             .collect()
     }
+}
+
+/// One frontend per (port, protocol) and one port per name: a port listed twice would be two
+/// frontends of one address, and EndpointSlice ports are matched by name.
+fn check_ports_unique(ports: &[ServicePort]) -> Result<(), String> {
+    let mut numbers = std::collections::BTreeSet::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        if !numbers.insert((port.port, port.protocol)) {
+            return Err(format!(
+                "ports[{i}]: port {}/{} is given twice",
+                port.port, port.protocol
+            ));
+        }
+        if let Some(name) = port.name.as_deref().filter(|n| !n.is_empty())
+            && !names.insert(name)
+        {
+            return Err(format!("ports[{i}]: port name `{name}` is given twice"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -765,6 +787,14 @@ status:
             (
                 "{type: NodePort, ports: [{port: 80, nodePort: 30080}, {port: 81, nodePort: 30080}]}",
                 "ports[1].nodePort 30080/TCP is given twice",
+            ),
+            (
+                "{ports: [{port: 80}, {port: 53, protocol: UDP}, {port: 80, targetPort: 8080}]}",
+                "ports[2]: port 80/TCP is given twice",
+            ),
+            (
+                "{ports: [{name: web, port: 80}, {name: web, port: 81}]}",
+                "ports[1]: port name `web` is given twice",
             ),
             (
                 "{type: NodePort, ports: [{port: 80, nodePort: 0}]}",
