@@ -91,6 +91,16 @@ impl ServiceMaps {
                 conflict.kept
             );
         }
+        if state.refused != self.state.refused {
+            for refused in &state.refused {
+                log!(
+                    "services: {} of {} is not programmed: {}",
+                    refused.frontend,
+                    refused.service,
+                    refused.reason
+                );
+            }
+        }
         let ids = assign_ids(&state, &self.ids)?;
         let desired = lb_map_contents(&state, &ids);
         let freed = freed_ids(&self.ids, &ids);

@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -14,6 +15,7 @@ use anyhow::{Context as _, anyhow, bail};
 use weft_model::{
     ClusterConfig, Ipv4Cidr, ManifestCache,
     endpointslice::is_derived,
+    external_address::ExternalAddressRules,
     k8s::{ClusterIp, Object, Pod, Service, parse_manifest, with_cluster_ip},
     store::Store,
 };
@@ -384,7 +386,8 @@ pub fn apply(t: &Topology, bins: &Binaries, paths: &[PathBuf]) -> anyhow::Result
     let running = runtime::running_pods(&t.name)?;
     check_request(t, &docs, &stored, &running)?;
     let config = runtime::cluster_config(&t.name)?;
-    let settled = settle_documents(&mut manifests, &stored, docs, &config)?;
+    let nodes: Vec<Ipv4Addr> = t.nodes.iter().map(|n| n.underlay_ip).collect();
+    let settled = settle_documents(&mut manifests, &stored, docs, &config, &nodes)?;
     let pods = plan_pods(t, &settled.store, &running)?;
     for node in pods.nodes_starting() {
         runtime::ensure_agent_answers(&t.name, node)?;
@@ -414,15 +417,17 @@ struct Settled {
 }
 
 /// Gives the Services among `docs` their clusterIP, node ports and ingress address, and checks
-/// that the whole directory with them loads; nothing is written.
+/// that the whole directory with them loads; nothing is written. `nodes` are the lab's node
+/// addresses.
 fn settle_documents(
     manifests: &mut Manifests,
     stored: &Store,
     mut docs: Vec<Document>,
     config: &ClusterConfig,
+    nodes: &[Ipv4Addr],
 ) -> anyhow::Result<Settled> {
     give_cluster_ips(&mut docs, stored, config.service_cidr)?;
-    let warnings = give_north_south(&mut docs, stored, config)?;
+    let warnings = give_north_south(&mut docs, stored, config, nodes)?;
     let changes: Vec<(String, String)> = docs
         .iter()
         .map(|d| (d.file_name.clone(), d.text.clone()))
@@ -446,9 +451,10 @@ fn put_documents(
     manifests: &mut Manifests,
     docs: Vec<Document>,
     config: &ClusterConfig,
+    nodes: &[Ipv4Addr],
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let stored = manifests.store().context("the lab's objects do not load")?;
-    let settled = settle_documents(manifests, &stored, docs, config)?;
+    let settled = settle_documents(manifests, &stored, docs, config, nodes)?;
     write_all(manifests, &settled.changes)?;
     Ok((settled.described, settled.warnings))
 }
@@ -516,6 +522,7 @@ fn give_north_south(
     docs: &mut [Document],
     stored: &Store,
     config: &ClusterConfig,
+    nodes: &[Ipv4Addr],
 ) -> anyhow::Result<Vec<String>> {
     let mut pools = stored.lb_ip_pools.clone();
     for doc in docs.iter() {
@@ -524,8 +531,10 @@ fn give_north_south(
         }
     }
     let services: Vec<&Service> = docs.iter().filter_map(|d| service_of(d)).collect();
+    let published = stored.weft_nodes.values().map(|n| n.spec.underlay_ip);
+    let rules = ExternalAddressRules::new(config, nodes.iter().copied().chain(published));
     let (settled, warnings) =
-        settle_north_south(&services, stored, &pools, config.node_port.range)?;
+        settle_north_south(&services, stored, &pools, config.node_port.range, &rules)?;
     let service_docs = docs.iter_mut().filter(|d| service_of(d).is_some());
     for (doc, settled) in service_docs.zip(settled) {
         let Object::Service(svc) = &mut doc.object else {
@@ -766,7 +775,8 @@ mod tests {
         let config = ClusterConfig::from_yaml(&format!(
             "serviceCIDR: 10.43.0.0/16\nnodePort: {{range: \"{range}\"}}\n"
         ))?;
-        put_documents(&mut Manifests::read(&dir.0)?, docs, &config)
+        let nodes = ["198.51.100.1".parse()?, "198.51.100.2".parse()?];
+        put_documents(&mut Manifests::read(&dir.0)?, docs, &config, &nodes)
     }
 
     fn node_ports(svc: &Service) -> Vec<Option<u16>> {
@@ -984,6 +994,60 @@ mod tests {
             before,
             "nothing written"
         );
+    }
+
+    #[test]
+    fn external_addresses_that_would_hijack_traffic_refuse_the_whole_request() {
+        let dir = TempDir::new();
+        put(&dir, &service("db", "{clusterIP: 10.43.0.20}")).expect("applied");
+        let before = current_files(&dir.0).expect("files");
+        for (spec, why) in [
+            (
+                "{externalIPs: [10.42.1.10], ports: [{port: 80}]}",
+                "Service default/web: externalIPs 10.42.1.10 is inside the pod CIDR 10.42.0.0/16",
+            ),
+            (
+                "{externalIPs: [10.43.0.20], ports: [{port: 80}]}",
+                "externalIPs 10.43.0.20 is inside the service CIDR",
+            ),
+            (
+                "{externalIPs: [192.0.2.7, 169.254.42.1], ports: [{port: 80}]}",
+                "externalIPs 169.254.42.1 is a link-local address",
+            ),
+            (
+                "{type: LoadBalancer, loadBalancerIP: 198.51.100.2, ports: [{port: 80}]}",
+                "LoadBalancer address 198.51.100.2 is a node's address",
+            ),
+        ] {
+            let err = put(&dir, &format!("{POOL}{}", service("web", spec))).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{spec}: {err:#}");
+            assert_eq!(current_files(&dir.0).expect("files"), before, "{spec}");
+        }
+        put(
+            &dir,
+            &service(
+                "edge",
+                "{externalIPs: [198.51.100.1, 198.51.100.2], ports: [{port: 80}]}",
+            ),
+        )
+        .expect("node addresses as externalIPs, as the seed does");
+    }
+
+    #[test]
+    fn a_pool_overlapping_the_nodes_never_hands_out_a_node_address() {
+        use std::net::Ipv4Addr;
+        let dir = TempDir::new();
+        let overlapping = POOL.replace(
+            "192.0.2.10, stop: 192.0.2.11",
+            "198.51.100.1, stop: 198.51.100.3",
+        );
+        put(&dir, &overlapping).expect("pool");
+        put(
+            &dir,
+            &service("a", "{type: LoadBalancer, ports: [{port: 80}]}"),
+        )
+        .expect("stored");
+        assert_eq!(ingress(&dir, "a"), [Ipv4Addr::new(198, 51, 100, 3)]);
     }
 
     #[test]

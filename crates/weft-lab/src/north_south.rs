@@ -12,6 +12,11 @@
 //! it, else `loadBalancerIP` when a selecting pool holds it and it is free, else the first free
 //! address of the selecting pools in name order. None to be had: the Service is stored without
 //! one and a warning says so (Cilium leaves it pending likewise).
+//!
+//! External addresses follow the cluster's rules (`weft_model::external_address`): a Service
+//! whose `externalIPs` or `loadBalancerIP` the rules refuse is refused with the request, and a
+//! pool's address the rules refuse (a node's address in an overlapping pool) is never handed
+//! out.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,6 +27,7 @@ use anyhow::bail;
 use weft_model::{
     Store,
     config::NodePortRange,
+    external_address::{ExternalAddressRules, ExternalKind},
     k8s::{LoadBalancerIpPool, Service, service::ServiceType},
 };
 
@@ -51,7 +57,11 @@ pub(crate) fn settle_north_south(
     stored: &Store,
     pools: &BTreeMap<String, LoadBalancerIpPool>,
     range: NodePortRange,
+    rules: &ExternalAddressRules,
 ) -> anyhow::Result<(Vec<NorthSouth>, Vec<String>)> {
+    for svc in requested {
+        check_external_addresses(svc, rules)?;
+    }
     let replaced: BTreeSet<ServiceKey> = requested.iter().map(|s| key_of(s)).collect();
     let kept = || {
         stored
@@ -94,7 +104,7 @@ pub(crate) fn settle_north_south(
         if svc.spec.service_type != ServiceType::LoadBalancer {
             continue;
         }
-        let ip = ingress_address(svc, stored, pools, &addresses);
+        let ip = ingress_address(svc, stored, pools, &addresses, rules);
         match ip {
             Some(ip) => {
                 addresses.insert(ip);
@@ -109,6 +119,31 @@ pub(crate) fn settle_north_south(
         want.ingress = Some(ip);
     }
     Ok((wanted, warnings))
+}
+
+/// Refuses a Service whose `externalIPs` or `loadBalancerIP` the rules refuse, naming it and
+/// the address.
+fn check_external_addresses(svc: &Service, rules: &ExternalAddressRules) -> anyhow::Result<()> {
+    let claims = svc
+        .spec
+        .external_ips
+        .iter()
+        .map(|ip| (*ip, ExternalKind::ExternalIp))
+        .chain(
+            svc.spec
+                .load_balancer_ip
+                .map(|ip| (ip, ExternalKind::LoadBalancer)),
+        );
+    for (ip, kind) in claims {
+        if let Err(refusal) = rules.check(ip, kind) {
+            bail!(
+                "Service {}/{}: {kind} {refusal}",
+                svc.metadata.namespace(),
+                svc.metadata.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn stored_node_ports(svc: &Service) -> impl Iterator<Item = u16> + '_ {
@@ -199,6 +234,7 @@ fn ingress_address(
     stored: &Store,
     pools: &BTreeMap<String, LoadBalancerIpPool>,
     taken: &BTreeSet<Ipv4Addr>,
+    rules: &ExternalAddressRules,
 ) -> Option<Ipv4Addr> {
     let selecting: Vec<&LoadBalancerIpPool> = pools.values().filter(|p| p.selects(svc)).collect();
     let pooled = |ip: &Ipv4Addr| selecting.iter().any(|p| p.contains(*ip));
@@ -208,7 +244,8 @@ fn ingress_address(
     if previous.is_some() {
         return previous;
     }
-    let free = |ip: &Ipv4Addr| !taken.contains(ip);
+    let free =
+        |ip: &Ipv4Addr| !taken.contains(ip) && rules.check(*ip, ExternalKind::LoadBalancer).is_ok();
     if let Some(asked) = svc.spec.load_balancer_ip {
         return (pooled(&asked) && free(&asked)).then_some(asked);
     }

@@ -23,6 +23,8 @@ pub struct ClusterConfig {
     pub routing_mode: RoutingMode,
     pub tunnel_protocol: TunnelProtocol,
     pub prefilter: PrefilterConfig,
+    #[serde(rename = "externalIPs")]
+    pub external_ips: ExternalIpsConfig,
 }
 
 /// `kubeProxyReplacement`: `true` (also the string `"true"`, as Helm often quotes it).
@@ -418,6 +420,27 @@ impl TryFrom<RawPrefilter> for PrefilterConfig {
     }
 }
 
+/// `externalIPs`: whether Services' `externalIPs` are load-balanced (`enabled`, Cilium's key,
+/// on by default with kube-proxy replacement) and which prefixes external addresses may come
+/// from (`allowedCIDRs`, a Weft key; empty: any address outside the cluster's own ranges).
+/// See `external_address` for the rules.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExternalIpsConfig {
+    pub enabled: bool,
+    #[serde(rename = "allowedCIDRs")]
+    pub allowed_cidrs: Vec<Ipv4Cidr>,
+}
+
+impl Default for ExternalIpsConfig {
+    fn default() -> Self {
+        ExternalIpsConfig {
+            enabled: true,
+            allowed_cidrs: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct IpamConfig {
@@ -455,6 +478,7 @@ impl Default for ClusterConfig {
             routing_mode: RoutingMode::default(),
             tunnel_protocol: TunnelProtocol::default(),
             prefilter: PrefilterConfig::default(),
+            external_ips: ExternalIpsConfig::default(),
         }
     }
 }
@@ -509,6 +533,35 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn external_ips_are_on_by_default_and_their_allowed_prefixes_read() {
+        let c = ClusterConfig::from_yaml("").unwrap();
+        assert!(c.external_ips.enabled);
+        assert!(c.external_ips.allowed_cidrs.is_empty());
+        let c = ClusterConfig::from_yaml(
+            "externalIPs:\n  enabled: false\n  allowedCIDRs: [192.0.2.0/24, 198.51.100.0/24]\n",
+        )
+        .unwrap();
+        assert!(!c.external_ips.enabled);
+        let got: Vec<String> = c
+            .external_ips
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(got, ["192.0.2.0/24", "198.51.100.0/24"]);
+        for (bad, why) in [
+            ("externalIPs: {allowedCIDRs: [192.0.2.1/24]}", "host bits"),
+            (
+                "externalIPs: {allowedCidrs: [192.0.2.0/24]}",
+                "unknown field",
+            ),
+        ] {
+            let err = ClusterConfig::from_yaml(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_north_south_summary_says_how_dsr_is_carried() {

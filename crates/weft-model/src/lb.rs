@@ -26,6 +26,11 @@
 //! - every `externalIPs` address, and every `status.loadBalancer.ingress` address of a
 //!   LoadBalancer Service: (that address, `port`).
 //!
+//! An `externalIPs` or ingress address the cluster's rules refuse (`external_address`: inside
+//! the pod or service CIDR, a special address, outside `externalIPs.allowedCIDRs`, a node's
+//! address as a LoadBalancer address) gets no frontend; nor does any `externalIPs` address when
+//! `externalIPs.enabled` is false. Each is a [`RefusedFrontend`].
+//!
 //! A frontend claimed twice (an externalIP that is also a node address, on a port equal to a
 //! nodePort) goes to the first claim in (namespace, name) order, then clusterIP, NodePort,
 //! externalIPs, ingress order; the other is a [`FrontendConflict`]. North-south frontends
@@ -54,6 +59,7 @@ use std::{
 
 use crate::{
     ClusterConfig, LbAlgorithm, Store,
+    external_address::{ExternalAddressRules, ExternalKind},
     k8s::{
         EndpointSlice, Protocol, Service, ServicePort,
         service::{AddressType, EndpointConditions, TrafficPolicy},
@@ -221,11 +227,20 @@ pub struct FrontendConflict {
     pub dropped: ServiceName,
 }
 
+/// A Service's external address left out of the datapath, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RefusedFrontend {
+    pub frontend: Frontend,
+    pub service: ServiceName,
+    pub reason: String,
+}
+
 /// The desired load-balancer state of one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LbState {
     pub frontends: BTreeMap<Frontend, ServiceLb>,
     pub conflicts: Vec<FrontendConflict>,
+    pub refused: Vec<RefusedFrontend>,
     /// Sorted by port; a port claimed twice is kept by the first Service in (namespace, name)
     /// order.
     pub health_checks: Vec<HealthCheckPort>,
@@ -305,6 +320,7 @@ pub fn lb_state_reusing(
         && previous.maglev_hash_seed == state.maglev_hash_seed;
     let slices_by_service = store.slices_by_service();
     let node_ip = store.weft_nodes.get(node).map(|n| n.spec.underlay_ip);
+    let rules = ExternalAddressRules::of_store(config, store);
     for svc in store.services.values() {
         let Some(cluster_ip) = svc.spec.cluster_ipv4() else {
             continue;
@@ -318,6 +334,14 @@ pub fn lb_state_reusing(
             .collect();
         for port in &svc.spec.ports {
             for (frontend, kind) in frontends_of(svc, port, cluster_ip, node_ip) {
+                if let Err(reason) = admit(&rules, config, frontend, kind) {
+                    state.refused.push(RefusedFrontend {
+                        frontend,
+                        service: service_name(svc),
+                        reason,
+                    });
+                    continue;
+                }
                 if let Some(kept) = state.frontends.get(&frontend) {
                     state.conflicts.push(FrontendConflict {
                         frontend,
@@ -364,6 +388,26 @@ fn frontends_of(
         out.push((at(ip, port.port), FrontendKind::LoadBalancer));
     }
     out
+}
+
+/// Whether `frontend`, of `kind`, may be programmed; the reason when not.
+fn admit(
+    rules: &ExternalAddressRules,
+    config: &ClusterConfig,
+    frontend: Frontend,
+    kind: FrontendKind,
+) -> Result<(), String> {
+    let external = match kind {
+        FrontendKind::ClusterIp | FrontendKind::NodePort => return Ok(()),
+        FrontendKind::ExternalIp if !config.external_ips.enabled => {
+            return Err("externalIPs.enabled is false".to_string());
+        }
+        FrontendKind::ExternalIp => ExternalKind::ExternalIp,
+        FrontendKind::LoadBalancer => ExternalKind::LoadBalancer,
+    };
+    rules
+        .check(frontend.ip, external)
+        .map_err(|refusal| refusal.to_string())
 }
 
 fn service_lb(

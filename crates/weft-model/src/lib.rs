@@ -7,6 +7,7 @@ pub mod config;
 pub mod ct_gc;
 pub mod desired;
 pub mod endpointslice;
+pub mod external_address;
 mod hash;
 pub mod identity;
 pub mod ipam;

@@ -885,6 +885,80 @@ fn load_balancer_ingress_and_external_ips_are_frontends_on_the_service_port() {
 }
 
 #[test]
+fn external_addresses_that_would_hijack_cluster_traffic_get_no_frontend() {
+    let docs = edge(
+        "LoadBalancer",
+        ", externalIPs: [10.42.1.10, 10.43.0.20, 203.0.113.4, 198.51.100.2]}\n\
+         status: {loadBalancer: {ingress: [{ip: 198.51.100.3}, {ip: 192.0.2.10}]}",
+    );
+    let mut locked = random();
+    locked.external_ips.allowed_cidrs = vec!["192.0.2.0/24".parse().unwrap()];
+    for (config, kept) in [
+        // Outside the cluster's ranges anything goes; a node address only as an externalIP.
+        (random(), vec!["192.0.2.10", "198.51.100.2", "203.0.113.4"]),
+        (locked, vec!["192.0.2.10"]),
+    ] {
+        let state = lb_state(&store(&docs), "vps1", &config);
+        let external: BTreeSet<String> = state
+            .frontends
+            .iter()
+            .filter(|(_, lb)| {
+                matches!(
+                    lb.kind,
+                    FrontendKind::ExternalIp | FrontendKind::LoadBalancer
+                )
+            })
+            .map(|(f, _)| f.ip.to_string())
+            .collect();
+        assert_eq!(external.into_iter().collect::<Vec<_>>(), kept);
+        let refused: BTreeMap<String, String> = state
+            .refused
+            .iter()
+            .map(|r| (r.frontend.ip.to_string(), r.reason.clone()))
+            .collect();
+        assert!(refused["10.42.1.10"].contains("pod CIDR"), "{refused:?}");
+        assert!(
+            refused["10.43.0.20"].contains("service CIDR"),
+            "{refused:?}"
+        );
+        assert!(
+            refused["198.51.100.3"].contains("node's address"),
+            "{refused:?}"
+        );
+        assert!(
+            state
+                .refused
+                .iter()
+                .all(|r| r.service.to_string() == "shop/edge")
+        );
+        assert_eq!(state.refused.len(), 2 * (6 - kept.len()), "per port");
+    }
+}
+
+#[test]
+fn external_ips_disabled_leave_only_their_frontends_out() {
+    let docs = edge(
+        "LoadBalancer",
+        ", externalIPs: [192.0.2.99]}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}",
+    );
+    let mut config = random();
+    config.external_ips.enabled = false;
+    let state = lb_state(&store(&docs), "vps1", &config);
+    assert!(
+        !state
+            .frontends
+            .contains_key(&frontend("192.0.2.99", 80, Tcp))
+    );
+    assert!(
+        state
+            .frontends
+            .contains_key(&frontend("192.0.2.10", 80, Tcp))
+    );
+    assert_eq!(state.refused.len(), 2);
+    assert_eq!(state.refused[0].reason, "externalIPs.enabled is false");
+}
+
+#[test]
 fn dsr_follows_the_mode_and_hybrid_is_dsr_for_tcp_only() {
     use crate::LbMode::{Dsr, Hybrid, Snat};
     let docs = edge("NodePort", "");
