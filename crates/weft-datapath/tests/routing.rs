@@ -360,7 +360,7 @@ fn fixtures() -> Vec<Fixture> {
             Reason::TunnelFromUnknownSource,
         ),
         drop(
-            "Geneve claiming this node's own address as its source (a node never tunnels to itself)",
+            "Geneve from this node's own address (a node never tunnels to itself)",
             FROM_NETDEV,
             Hook::FromNetdev,
             outer_eth(geneve_from(NODE_IP, identity::HOST, &inner_to_a)),

@@ -58,9 +58,9 @@ pub fn honoured(
     }
 }
 
-/// A packet decapsulated for a local pod, `frontend` its DSR option (honoured): records a new flow (or a
-/// flow reusing a closed one's ports), or advances the state of a recorded one. Reads headers
-/// and maps only.
+/// A packet decapsulated for a local pod, `frontend` its DSR option once [`honoured`]: records
+/// a new flow (or a flow reusing a closed one's ports), or advances the state of a recorded
+/// one. Reads headers and maps only.
 #[inline(always)]
 pub fn record(h: &Headers, frontend: Option<([u8; 4], u16)>) -> Result<(), Reason> {
     if !lb::balanced(h) {
