@@ -54,7 +54,7 @@ pub struct CtEntry4 {
     pub _pad: u16,
 }
 
-/// A packet other than a bare SYN was seen: the TCP handshake got past its first step.
+/// The client sent a packet without SYN: the handshake is complete, the flow established.
 pub const CT_FLAG_SEEN_NON_SYN: u16 = 1 << 0;
 /// The client sent a FIN.
 pub const CT_FLAG_FORWARD_CLOSING: u16 = 1 << 1;
@@ -131,7 +131,13 @@ pub const fn ct_update(
         };
     }
     let mut next = flags;
-    if !bare_syn {
+    // Only the client's side establishes a flow. Whoever sends a SYN, from any source address,
+    // gets the backend's SYN-ACK: were that enough, a flood of SYNs with forged sources would
+    // fill the table with entries living `CT_LIFETIME_TCP_ESTABLISHED_S` (and a forged DSR
+    // flow would be kept for hours). A real client's ACK follows the SYN-ACK within a round
+    // trip, so its flows lose nothing. This holds for every kind of entry (service, reply,
+    // DSR), as in Cilium, whose entries are established by a packet without SYN too.
+    if matches!(direction, CtDirection::Forward) && tcp_flags & TCP_FLAG_SYN == 0 {
         next |= CT_FLAG_SEEN_NON_SYN;
     }
     if tcp_flags & TCP_FLAG_RST != 0 {
@@ -220,15 +226,29 @@ mod tests {
     use CtDirection::{Forward as F, Reply as R};
 
     #[test]
-    fn a_handshake_moves_from_syn_to_established_lifetime() {
+    fn a_handshake_is_established_by_the_clients_ack_not_the_backends_syn_ack() {
         assert_eq!(run(&[(SYN, F)]).lifetime_s, CT_LIFETIME_TCP_SYN_S);
-        assert_eq!(
-            run(&[(SYN, F), (SYN_ACK, R)]).lifetime_s,
-            CT_LIFETIME_TCP_ESTABLISHED_S
-        );
+        let answered = run(&[(SYN, F), (SYN_ACK, R)]);
+        assert_eq!(answered.lifetime_s, CT_LIFETIME_TCP_SYN_S);
+        assert_eq!(answered.flags, 0);
         let up = run(&[(SYN, F), (SYN_ACK, R), (ACK, F)]);
         assert_eq!(up.lifetime_s, CT_LIFETIME_TCP_ESTABLISHED_S);
         assert_eq!(up.flags, CT_FLAG_SEEN_NON_SYN);
+    }
+
+    #[test]
+    fn no_packet_of_the_backend_establishes_a_flow() {
+        for reply in [ACK, SYN_ACK, FIN_ACK] {
+            let up = run(&[(SYN, F), (SYN_ACK, R), (reply, R)]);
+            assert_eq!(up.flags & CT_FLAG_SEEN_NON_SYN, 0, "{reply:#x}");
+            assert_eq!(up.lifetime_s, CT_LIFETIME_TCP_SYN_S, "{reply:#x}");
+        }
+        // A retransmitted SYN does not either; a client's segment after its SYN does.
+        assert_eq!(run(&[(SYN, F), (SYN, F)]).lifetime_s, CT_LIFETIME_TCP_SYN_S);
+        assert_eq!(
+            run(&[(SYN, F), (ACK, F)]).lifetime_s,
+            CT_LIFETIME_TCP_ESTABLISHED_S
+        );
     }
 
     #[test]

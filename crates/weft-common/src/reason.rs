@@ -59,6 +59,8 @@ reasons! {
     BackendUnreachable = 24 => "service backend unreachable",
     Prefiltered = 25 => "prefiltered",
     Transmitted = 26 => "transmitted (XDP_TX)",
+    TunnelFromUnknownSource = 27 => "tunnel from unknown source",
+    DsrUnknownFrontend = 28 => "DSR option for no DSR frontend",
 }
 
 impl Reason {
@@ -75,4 +77,4 @@ impl Reason {
     }
 }
 
-const _: () = assert!((Reason::Transmitted as u32) < Reason::SLOTS);
+const _: () = assert!((Reason::ALL[Reason::ALL.len() - 1] as u32) < Reason::SLOTS);

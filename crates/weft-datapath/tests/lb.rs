@@ -9,13 +9,12 @@
 
 mod common;
 
-use common::{ct_entry, ct_key};
+use common::{assert_lifetime, ct_entry, ct_key};
 
 use std::net::Ipv4Addr;
 
 use weft_common::{
-    CtEntry4, EndpointInfo, EndpointKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, NodeConfig,
-    Reason,
+    EndpointInfo, EndpointKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, NodeConfig, Reason,
     ct::{
         CT_FLAG_FORWARD_CLOSING, CT_FLAG_REPLY_CLOSING, CT_FLAG_SEEN_NON_SYN, CT_KIND_REPLY,
         CT_KIND_SERVICE, CT_LIFETIME_TCP_CLOSE_S, CT_LIFETIME_TCP_ESTABLISHED_S,
@@ -29,7 +28,7 @@ use weft_common::{
     node::NODE_MASQUERADE_FLAG,
     programs::{FROM_CONTAINER, TO_CONTAINER},
 };
-use weft_datapath::{monotonic_ns, running_as_root, testrun::TestHarness};
+use weft_datapath::{running_as_root, testrun::TestHarness};
 use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_SYN, checksum::internet_checksum};
 
 const TC_ACT_REDIRECT: i32 = 7;
@@ -200,19 +199,6 @@ fn reply_from_backend_1(sport: u16, flags: u8) -> PacketBuilder {
         .tcp(TARGET_PORT, sport, flags)
 }
 
-fn monotonic_s() -> u32 {
-    (monotonic_ns().expect("CLOCK_MONOTONIC") / 1_000_000_000) as u32
-}
-
-/// The entry's remaining lifetime is `lifetime_s` (give or take the second the run took).
-fn assert_lifetime(entry: &CtEntry4, lifetime_s: u32, what: &str) {
-    let left = entry.expires_s.saturating_sub(monotonic_s());
-    assert!(
-        left + 2 >= lifetime_s && left <= lifetime_s,
-        "{what}: {left} s left, expected {lifetime_s}"
-    );
-}
-
 #[test]
 fn dnat_to_the_backend_then_reverse_nat_and_conntrack_through_the_tcp_lifecycle() {
     if !running_as_root(
@@ -255,12 +241,21 @@ fn dnat_to_the_backend_then_reverse_nat_and_conntrack_through_the_tcp_lifecycle(
         .tcp(SERVICE_PORT, sport, TCP_SYN | TCP_ACK)
         .build();
     assert_eq!(out.packet, expected, "reply comes from the ClusterIP");
+    // The backend's answer does not establish the flow (anyone can provoke one with a SYN from
+    // a forged source): the client's ACK does.
     let entry = ct_entry(&h, &service).expect("service entry");
-    assert_eq!(entry.flags, CT_FLAG_SEEN_NON_SYN);
-    assert_lifetime(&entry, CT_LIFETIME_TCP_ESTABLISHED_S, "after SYN-ACK");
+    assert_eq!(entry.flags, 0);
+    assert_lifetime(&entry, CT_LIFETIME_TCP_SYN_S, "after SYN-ACK");
+    place(&mut h, Sender::Client);
+    h.run(FROM_CONTAINER, &to_service(sport, TCP_ACK).build())
+        .expect("run");
+    for key in [service, reply] {
+        let e = ct_entry(&h, &key).expect("entry");
+        assert_eq!(e.flags, CT_FLAG_SEEN_NON_SYN);
+        assert_lifetime(&e, CT_LIFETIME_TCP_ESTABLISHED_S, "after the client's ACK");
+    }
 
     // FIN from both sides closes the flow.
-    place(&mut h, Sender::Client);
     h.run(
         FROM_CONTAINER,
         &to_service(sport, TCP_FIN | TCP_ACK).build(),
@@ -284,7 +279,7 @@ fn dnat_to_the_backend_then_reverse_nat_and_conntrack_through_the_tcp_lifecycle(
     }
     assert_eq!(
         ct_entry(&h, &service).map(|e| (e.packets_forward, e.packets_reply)),
-        Some((2, 2))
+        Some((3, 2))
     );
 }
 

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{ct_entry, ct_key};
+use common::{assert_lifetime, ct_entry, ct_key};
 
 use std::net::Ipv4Addr;
 
@@ -19,8 +19,9 @@ use weft_common::{
     EndpointInfo, EndpointKey, EventKind, Hook, IpcacheEntry, Lb4Backend, Lb4Key, Lb4RevNat,
     Lb4Service, MetricsKey, NatEntry4, NatKey4, NodeConfig, Reason,
     ct::{
-        CT_FLAG_LOOPBACK, CT_FLAG_NORTH_SOUTH, CT_FLAG_ONE_WAY, CT_KIND_DSR, CT_KIND_REPLY,
-        CT_KIND_SERVICE, CT_LIFETIME_TCP_CLOSE_S,
+        CT_FLAG_LOOPBACK, CT_FLAG_NORTH_SOUTH, CT_FLAG_ONE_WAY, CT_FLAG_SEEN_NON_SYN, CT_KIND_DSR,
+        CT_KIND_REPLY, CT_KIND_SERVICE, CT_LIFETIME_TCP_CLOSE_S, CT_LIFETIME_TCP_ESTABLISHED_S,
+        CT_LIFETIME_TCP_SYN_S,
     },
     geneve::{
         ETH_P_TEB, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE_IDENTITY, GENEVE_PORT, GENEVE_VNI,
@@ -688,8 +689,10 @@ fn dsr_on_the_backend_node_records_the_flow_and_the_reply_leaves_from_the_fronte
     ) {
         return;
     }
-    // This node hosts the backend; the peer node balanced the flow to it.
+    // This node hosts the backend; the peer node balanced the flow to it. Every node has the
+    // externalIP frontend, with DSR.
     let mut h = configured_node();
+    put_dsr_external_ip(&mut h);
     let inner = |flags| {
         PacketBuilder::new()
             .eth(ROUTER_MAC, UNDERLAY_MAC)
@@ -766,6 +769,201 @@ fn dsr_on_the_backend_node_records_the_flow_and_the_reply_leaves_from_the_fronte
         .build();
     let (verdict, out) = run(&mut h, FROM_CONTAINER, &other);
     assert_eq!((verdict, out), (TC_ACT_OK, other));
+}
+
+/// The frontend the DSR fixtures of the backend's node name: an externalIP with DSR, in this
+/// node's service map as in every node's.
+fn put_dsr_external_ip(h: &mut TestHarness) {
+    put_frontend(
+        h,
+        EXTERNAL_IP,
+        443,
+        LB_SCOPE_EXTERNAL,
+        SVC_FLAG_EXTERNAL_IP | SVC_FLAG_DSR,
+        &[LOCAL_BACKEND],
+    );
+}
+
+/// The client's TCP segment to the local pod, as the entry node tunnels it after DNAT.
+fn client_to_local_pod(flags: u8) -> Vec<u8> {
+    PacketBuilder::new()
+        .eth(ROUTER_MAC, UNDERLAY_MAC)
+        .ipv4(CLIENT, LOCAL_POD)
+        .ttl(63)
+        .tcp(CLIENT_PORT, TARGET_PORT, flags)
+        .build()
+}
+
+/// A Geneve packet from `src` carrying the client's `flags` segment and a DSR option naming
+/// `frontend`.
+fn dsr_geneve(src: Ipv4Addr, frontend: Option<(Ipv4Addr, u16)>, flags: u8) -> Vec<u8> {
+    geneve_frame(
+        (ROUTER_MAC, UNDERLAY_MAC),
+        src,
+        NODE_IP,
+        0xc444,
+        &geneve_options(identity::WORLD, frontend),
+        &client_to_local_pod(flags),
+    )
+}
+
+/// What the backend's node does with a DSR option.
+struct DsrOption {
+    name: &'static str,
+    /// The outer source.
+    sender: Ipv4Addr,
+    /// The frontend the option names.
+    frontend: (Ipv4Addr, u16),
+    /// A frontend of this node: address, port, flags.
+    this_node: (Ipv4Addr, u16, u16),
+    /// `None`: honoured (delivered, flow recorded with the option's frontend).
+    reason: Option<Reason>,
+}
+
+#[test]
+fn the_backend_node_honours_a_dsr_option_only_from_a_node_for_its_own_dsr_frontend() {
+    if !running_as_root(
+        "the_backend_node_honours_a_dsr_option_only_from_a_node_for_its_own_dsr_frontend",
+    ) {
+        return;
+    }
+    let dsr_ip = SVC_FLAG_EXTERNAL_IP | SVC_FLAG_DSR;
+    let dsr_node_port = SVC_FLAG_NODEPORT | SVC_FLAG_DSR;
+    let table = [
+        DsrOption {
+            name: "from the other node, for a DSR externalIP of this node: honoured",
+            sender: PEER_NODE_IP,
+            frontend: (EXTERNAL_IP, 443),
+            this_node: (EXTERNAL_IP, 443, dsr_ip),
+            reason: None,
+        },
+        DsrOption {
+            name: "from the other node, for its own NodePort, DSR here too: honoured",
+            sender: PEER_NODE_IP,
+            frontend: (PEER_NODE_IP, NODE_PORT),
+            this_node: (NODE_IP, NODE_PORT, dsr_node_port),
+            reason: None,
+        },
+        DsrOption {
+            name: "from the client (no node): not decapsulated at all",
+            sender: CLIENT,
+            frontend: (EXTERNAL_IP, 443),
+            this_node: (EXTERNAL_IP, 443, dsr_ip),
+            reason: Some(Reason::TunnelFromUnknownSource),
+        },
+        DsrOption {
+            name: "from the other node, for an address that is no frontend (198.51.100.77:53)",
+            sender: PEER_NODE_IP,
+            frontend: (Ipv4Addr::new(198, 51, 100, 77), 53),
+            this_node: (EXTERNAL_IP, 443, dsr_ip),
+            reason: Some(Reason::DsrUnknownFrontend),
+        },
+        DsrOption {
+            name: "from the other node, for a frontend in SNAT mode",
+            sender: PEER_NODE_IP,
+            frontend: (EXTERNAL_IP, 443),
+            this_node: (EXTERNAL_IP, 443, SVC_FLAG_EXTERNAL_IP),
+            reason: Some(Reason::DsrUnknownFrontend),
+        },
+        DsrOption {
+            name: "from the other node, for a ClusterIP",
+            sender: PEER_NODE_IP,
+            frontend: (CLUSTER_IP, 80),
+            this_node: (CLUSTER_IP, 80, 0),
+            reason: Some(Reason::DsrUnknownFrontend),
+        },
+        DsrOption {
+            name: "from the other node, for its own NodePort in SNAT mode here",
+            sender: PEER_NODE_IP,
+            frontend: (PEER_NODE_IP, NODE_PORT),
+            this_node: (NODE_IP, NODE_PORT, SVC_FLAG_NODEPORT),
+            reason: Some(Reason::DsrUnknownFrontend),
+        },
+        DsrOption {
+            name: "from the other node, for a third node's NodePort (only the sender's own)",
+            sender: PEER_NODE_IP,
+            frontend: (Ipv4Addr::new(198, 51, 100, 3), NODE_PORT),
+            this_node: (NODE_IP, NODE_PORT, dsr_node_port),
+            reason: Some(Reason::DsrUnknownFrontend),
+        },
+    ];
+    assert_every_fixture(table, |f| f.name, check_dsr_option);
+}
+
+fn check_dsr_option(f: &DsrOption) -> anyhow::Result<()> {
+    let mut h = configured_node();
+    let (address, port, flags) = f.this_node;
+    put_frontend(
+        &mut h,
+        address,
+        port,
+        LB_SCOPE_EXTERNAL,
+        flags,
+        &[LOCAL_BACKEND],
+    );
+    let syn = dsr_geneve(f.sender, Some(f.frontend), TCP_SYN);
+    let (verdict, out) = run(&mut h, FROM_NETDEV, &syn);
+    let dsr = ct_key(LOCAL_POD, CLIENT, TARGET_PORT, CLIENT_PORT, CT_KIND_DSR);
+    match f.reason {
+        None => {
+            anyhow::ensure!(verdict == TC_ACT_REDIRECT, "verdict {verdict}");
+            let want = PacketBuilder::new()
+                .eth(POD_HOST_MAC, POD_MAC)
+                .ipv4(CLIENT, LOCAL_POD)
+                .ttl(63)
+                .tcp(CLIENT_PORT, TARGET_PORT, TCP_SYN)
+                .build();
+            anyhow::ensure!(out == want, "delivered to the pod: {out:02x?}");
+            let entry = ct_entry(&h, &dsr).ok_or_else(|| anyhow::anyhow!("no DSR entry"))?;
+            anyhow::ensure!(
+                (entry.nat_address, entry.nat_port) == (f.frontend.0.octets(), f.frontend.1),
+                "{entry:?}"
+            );
+        }
+        Some(reason) => {
+            anyhow::ensure!(verdict == TC_ACT_SHOT, "verdict {verdict}");
+            assert_dropped(&mut h, Hook::FromNetdev, reason);
+            let ct = h.lb.ct()?;
+            anyhow::ensure!(ct.is_empty(), "nothing recorded: {ct:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_dsr_flow_keeps_the_syn_lifetime_until_the_clients_ack() {
+    if !running_as_root("a_dsr_flow_keeps_the_syn_lifetime_until_the_clients_ack") {
+        return;
+    }
+    let mut h = configured_node();
+    put_dsr_external_ip(&mut h);
+    let dsr = ct_key(LOCAL_POD, CLIENT, TARGET_PORT, CLIENT_PORT, CT_KIND_DSR);
+    let syn = dsr_geneve(PEER_NODE_IP, Some((EXTERNAL_IP, 443)), TCP_SYN);
+    assert_eq!(run(&mut h, FROM_NETDEV, &syn).0, TC_ACT_REDIRECT);
+    let entry = ct_entry(&h, &dsr).expect("DSR entry");
+    assert_lifetime(&entry, CT_LIFETIME_TCP_SYN_S, "after the SYN");
+
+    // The pod's SYN-ACK: anyone who can send a SYN gets one, so it establishes nothing.
+    let syn_ack = PacketBuilder::new()
+        .eth(POD_MAC, POD_HOST_MAC)
+        .ipv4(LOCAL_POD, CLIENT)
+        .tcp(TARGET_PORT, CLIENT_PORT, TCP_SYN | TCP_ACK)
+        .build();
+    assert_eq!(run(&mut h, FROM_CONTAINER, &syn_ack).0, TC_ACT_REDIRECT);
+    let entry = ct_entry(&h, &dsr).expect("DSR entry");
+    assert_eq!(entry.flags & CT_FLAG_SEEN_NON_SYN, 0, "{entry:?}");
+    assert_lifetime(&entry, CT_LIFETIME_TCP_SYN_S, "after the pod's SYN-ACK");
+
+    // The client's ACK (no option) establishes it.
+    let ack = dsr_geneve(PEER_NODE_IP, None, TCP_ACK);
+    assert_eq!(run(&mut h, FROM_NETDEV, &ack).0, TC_ACT_REDIRECT);
+    let entry = ct_entry(&h, &dsr).expect("DSR entry");
+    assert_eq!(entry.flags & CT_FLAG_SEEN_NON_SYN, CT_FLAG_SEEN_NON_SYN);
+    assert_lifetime(
+        &entry,
+        CT_LIFETIME_TCP_ESTABLISHED_S,
+        "after the client's ACK",
+    );
 }
 
 /// What a packet from outside to a frontend must do when it is refused or ignored.

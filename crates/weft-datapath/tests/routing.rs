@@ -103,6 +103,13 @@ fn configured_node(snat_port_min: u16, snat_port_max: u16) -> TestHarness {
     h.maps
         .put_ipcache(cidr("198.51.100.2/32"), remote_node)
         .expect("ipcache node");
+    let this_node = IpcacheEntry {
+        identity: identity::HOST,
+        tunnel_endpoint: [0; 4],
+    };
+    h.maps
+        .put_ipcache(cidr("198.51.100.1/32"), this_node)
+        .expect("ipcache this node");
     h
 }
 
@@ -159,6 +166,16 @@ fn fixtures() -> Vec<Fixture> {
     let geneve_to_a = |vni: u32, proto: u16, inner: &[u8]| {
         geneve_frame(PEER_NODE_IP, NODE_IP, 0xc123, vni, proto, 3000, inner)
     };
+    // Well-formed Geneve with any identity, from an outer source that is no other node.
+    let geneve_from = |src: Ipv4Addr, identity: u32, inner: &[u8]| {
+        geneve_frame(src, NODE_IP, 0xc123, GENEVE_VNI, ETH_P_TEB, identity, inner)
+    };
+    let inner_to_node = PacketBuilder::new()
+        .eth(B_MAC, B_HOST_MAC)
+        .ipv4(REMOTE_POD, NODE_IP)
+        .ttl(63)
+        .udp(5000, 22)
+        .build();
     let inner_to_a = PacketBuilder::new()
         .eth(B_MAC, B_HOST_MAC)
         .ipv4(REMOTE_POD, POD_A)
@@ -293,6 +310,20 @@ fn fixtures() -> Vec<Fixture> {
                 p
             }),
         ),
+        fx(
+            "Geneve from the other node for this node's own address: decapsulated, to the stack",
+            FROM_NETDEV,
+            Hook::FromNetdev,
+            outer_eth(geneve_to_a(GENEVE_VNI, ETH_P_TEB, &inner_to_node)),
+            TC_ACT_OK,
+            Reason::Forwarded,
+            Some({
+                let mut p = outer_eth(vec![0; 12]);
+                p.extend_from_slice(&0x0800u16.to_be_bytes());
+                p.extend_from_slice(&inner_to_node[14..]);
+                p
+            }),
+        ),
         drop(
             "Geneve with a foreign VNI",
             FROM_NETDEV,
@@ -306,6 +337,34 @@ fn fixtures() -> Vec<Fixture> {
             Hook::FromNetdev,
             outer_eth(geneve_to_a(GENEVE_VNI, 0x0800, &inner_to_a)),
             Reason::MalformedGeneve,
+        ),
+        drop(
+            "Geneve from an address that is no node (the client, claiming a pod's identity)",
+            FROM_NETDEV,
+            Hook::FromNetdev,
+            outer_eth(geneve_from(CLIENT, 3000, &inner_to_a)),
+            Reason::TunnelFromUnknownSource,
+        ),
+        drop(
+            "Geneve from an address that is no node, for the node's own address",
+            FROM_NETDEV,
+            Hook::FromNetdev,
+            outer_eth(geneve_from(CLIENT, identity::REMOTE_NODE, &inner_to_node)),
+            Reason::TunnelFromUnknownSource,
+        ),
+        drop(
+            "Geneve from a remote pod's address (in the ipcache, behind a tunnel, no node)",
+            FROM_NETDEV,
+            Hook::FromNetdev,
+            outer_eth(geneve_from(REMOTE_POD, 3000, &inner_to_a)),
+            Reason::TunnelFromUnknownSource,
+        ),
+        drop(
+            "Geneve from this node's own address (a node never tunnels to itself)",
+            FROM_NETDEV,
+            Hook::FromNetdev,
+            outer_eth(geneve_from(NODE_IP, identity::HOST, &inner_to_a)),
+            Reason::TunnelFromUnknownSource,
         ),
         drop(
             "Geneve for an address that is no pod of this node",

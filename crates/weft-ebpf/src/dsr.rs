@@ -4,11 +4,16 @@
 //! the frontend. The pod's reply finds it in `from_container`, takes the frontend as source and
 //! leaves through the external device straight to the client: never back through the tunnel,
 //! never masqueraded.
+//!
+//! The option is honoured only from another node (`netdev` drops Geneve from anyone else) and
+//! only for a frontend this node serves with DSR itself ([`honoured`]): it makes the node send
+//! packets from the frontend's address, which must never be an address of someone's choosing.
 
 use aya_ebpf::programs::TcContext;
 use weft_common::{
     CtKey4, NodeConfig, Reason,
     ct::{CT_FLAG_NORTH_SOUTH, CT_KIND_DSR, CtDirection, ct_update},
+    lb::{SVC_FLAG_DSR, SVC_FLAG_NODEPORT},
     net::IPPROTO_TCP,
 };
 
@@ -28,9 +33,34 @@ fn key_of_forward(h: &Headers) -> CtKey4 {
     }
 }
 
-/// A packet decapsulated for a local pod, `frontend` its DSR option: records a new flow (or a
-/// flow reusing a closed one's ports), or advances the state of a recorded one. Reads headers
-/// and maps only.
+/// The frontend a DSR option names (address, port in host order), when this node has it as a
+/// north-south frontend with DSR for the inner packet's protocol, as every node has the same
+/// services. A NodePort is written on each node's own address only: the sender's NodePort
+/// stands for this node's at the same port. Anything else is refused: a node with the service
+/// in another mode, or without it, must not answer from that address.
+#[inline(always)]
+pub fn honoured(
+    option: ([u8; 4], u16),
+    inner: &Headers,
+    sender: [u8; 4],
+    node: &NodeConfig,
+) -> Result<([u8; 4], u16), Reason> {
+    let (address, port) = option;
+    let dsr_frontend = |address, kind| {
+        lb::north_south_frontend_of(address, port, inner.l4_proto)
+            .is_some_and(|fe| fe.svc.flags & (SVC_FLAG_DSR | kind) == SVC_FLAG_DSR | kind)
+    };
+    if dsr_frontend(address, 0) || (address == sender && dsr_frontend(node.ipv4, SVC_FLAG_NODEPORT))
+    {
+        Ok(option)
+    } else {
+        Err(Reason::DsrUnknownFrontend)
+    }
+}
+
+/// A packet decapsulated for a local pod, `frontend` its DSR option once [`honoured`]: records
+/// a new flow (or a flow reusing a closed one's ports), or advances the state of a recorded
+/// one. Reads headers and maps only.
 #[inline(always)]
 pub fn record(h: &Headers, frontend: Option<([u8; 4], u16)>) -> Result<(), Reason> {
     if !lb::balanced(h) {

@@ -73,7 +73,14 @@ pub fn north_south_frontend(h: &Headers) -> Option<Frontend> {
     if !balanced(h) {
         return None;
     }
-    lookup_frontend(h.dst_v4(), h.dst_port, h.l4_proto, LB_SCOPE_EXTERNAL)
+    north_south_frontend_of(h.dst_v4(), h.dst_port, h.l4_proto)
+}
+
+/// The north-south service whose frontend is (`address`, `port` in host order, `proto`), if
+/// any: always the external scope.
+#[inline(always)]
+pub fn north_south_frontend_of(address: [u8; 4], port: u16, proto: u8) -> Option<Frontend> {
+    lookup_frontend(address, port, proto, LB_SCOPE_EXTERNAL)
         .filter(|fe| is_north_south(fe.svc.flags))
 }
 

@@ -2,7 +2,8 @@
 //! - XDP (`xdp`): the prefilter, then the north-south service path for flows whose backend is
 //!   behind another node (the same decision as tc, see `nodeport`); malformed headers are
 //!   dropped; everything else goes on to tc.
-//! - tc ingress (`from_netdev`): Geneve from other nodes is decapsulated and delivered to the
+//! - tc ingress (`from_netdev`): Geneve from other nodes (their underlay addresses in the
+//!   ipcache; from any other source it is dropped) is decapsulated and delivered to the
 //!   pod (recording DSR flows, see `dsr`) or, addressed to the node, handed to its stack unless
 //!   it is the reply of a north-south flow this node SNATed (sent back to the client); packets
 //!   to a north-south frontend are balanced (`nodeport`); replies to masqueraded flows are
@@ -90,10 +91,20 @@ fn ingress(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
     Ok(Verdict::pass())
 }
 
-/// Geneve to this node, decapsulated.
+/// Geneve to this node from another node, decapsulated. The outer source is all that tells a
+/// node's packet from anyone's: from any other address the packet, its identity and its DSR
+/// option are refused before they are read.
 #[inline(always)]
 fn tunneled(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult {
+    let sender = h.src_v4();
+    if !lookup::is_other_node(sender) {
+        return Err(Reason::TunnelFromUnknownSource);
+    }
     let tunneled = geneve::inspect(ctx, h, node)?;
+    let frontend = match tunneled.dsr {
+        Some(option) => Some(dsr::honoured(option, h, sender, node)?),
+        None => None,
+    };
     if h.dst_v4() == node.ipv4 {
         geneve::decap(ctx, &tunneled)?;
         if let Some(flags) = lb::reverse_to_client(ctx, h, node)?
@@ -110,9 +121,9 @@ fn tunneled(ctx: &TcContext, h: &mut Headers, node: &NodeConfig) -> StageResult 
     // DSR flows are the only ones a node tunnels with the world's identity (the client's address
     // is kept): pod-to-pod traffic skips the DSR conntrack lookup.
     if lb::reverse_to_client(ctx, h, node)?.is_none()
-        && (tunneled.dsr.is_some() || tunneled.identity == identity::WORLD)
+        && (frontend.is_some() || tunneled.identity == identity::WORLD)
     {
-        dsr::record(h, tunneled.dsr)?;
+        dsr::record(h, frontend)?;
     }
     Ok(skb::deliver_to(ctx, &ep)?.with_identity(tunneled.identity))
 }

@@ -1,17 +1,20 @@
 //! Packets for Weft's tests: [`PacketBuilder`] crafts Ethernet frames for datapath fixtures
-//! (BPF_PROG_TEST_RUN) and lab traffic (raw sockets); [`decode`] turns frames back into fields so
-//! tests can assert on what the datapath emitted.
+//! (BPF_PROG_TEST_RUN) and lab traffic (raw sockets), [`GeneveBuilder`] the payload of a Geneve
+//! datagram around one; [`decode`] turns frames back into fields so tests can assert on what
+//! the datapath emitted.
 //!
 //! Everything is std-only and decoding never panics, whatever the input bytes.
 
 pub mod builder;
 pub mod checksum;
 pub mod decode;
+pub mod geneve;
 mod summary;
 
 pub use builder::{Corruption, PacketBuilder, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 pub use checksum::{internet_checksum, ipv4_pseudo_checksum, ipv6_pseudo_checksum};
 pub use decode::{DecodeError, Decoded, L3, L4, Layer, decode};
+pub use geneve::GeneveBuilder;
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
