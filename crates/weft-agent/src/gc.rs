@@ -55,7 +55,7 @@ impl GcSchedule {
 }
 
 /// One pass at monotonic time `now_ns`: expired flows, affinities older than their service's
-/// timeout (`timeouts`, by service id), idle masquerade entries.
+/// timeout (`timeouts`, by service id), masquerade entries of expired flows.
 pub fn collect<D: Datapath>(
     datapath: &mut D,
     now_ns: u64,
@@ -77,7 +77,7 @@ pub fn collect<D: Datapath>(
         datapath.delete_affinity(key)?;
         report.affinities_deleted += 1;
     }
-    for key in stale_snat(&datapath.snat_entries()?, now_ns) {
+    for key in stale_snat(&datapath.snat_entries()?, now_s) {
         datapath.delete_snat(key)?;
         report.snat_deleted += 1;
     }
@@ -86,7 +86,10 @@ pub fn collect<D: Datapath>(
 
 #[cfg(test)]
 mod tests {
-    use weft_common::{CtEntry4, CtKey4, Lb4AffinityEntry, Lb4AffinityKey};
+    use weft_common::{
+        CtEntry4, CtKey4, Lb4AffinityEntry, Lb4AffinityKey, NatEntry4, NatKey4,
+        nat::{NAT_DIR_EGRESS, ingress_partner},
+    };
     use weft_datapath::FakeDatapath;
 
     use super::*;
@@ -128,6 +131,44 @@ mod tests {
             dp.affinity.keys().map(|k| k.client[3]).collect::<Vec<_>>(),
             [1]
         );
+    }
+
+    #[test]
+    fn a_pass_deletes_both_entries_of_an_expired_masquerade_flow_and_keeps_live_ones() {
+        let mut dp = FakeDatapath::default();
+        for (sport, expires_s) in [(40000, 999), (40001, 1001)] {
+            let egress = NatKey4 {
+                saddr: [10, 42, 0, 10],
+                daddr: [203, 0, 113, 4],
+                sport,
+                dport: 80,
+                proto: 6,
+                direction: NAT_DIR_EGRESS,
+                _pad: [0; 2],
+            };
+            let out = NatEntry4 {
+                addr: [198, 51, 100, 1],
+                port: sport,
+                expires_s,
+                ..NatEntry4::default()
+            };
+            let back = NatEntry4 {
+                addr: egress.saddr,
+                port: sport,
+                expires_s,
+                ..NatEntry4::default()
+            };
+            dp.snat.insert(egress, out);
+            dp.snat.insert(ingress_partner(&egress, &out), back);
+        }
+        let report = collect(&mut dp, 1000 * S, &BTreeMap::new()).unwrap();
+        assert_eq!(report.snat_deleted, 2);
+        assert!(
+            dp.snat.values().all(|e| e.expires_s == 1001),
+            "{:?}",
+            dp.snat
+        );
+        assert_eq!(dp.snat.len(), 2);
     }
 
     #[test]

@@ -7,8 +7,11 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use serde::Serialize;
 use weft_common::{
-    EndpointInfo, EndpointKey, IpcacheEntry, NatEntry4, NatKey4, ipcache::identity,
-    nat::NAT_DIR_INGRESS, net::l4_proto_name,
+    EndpointInfo, EndpointKey, IpcacheEntry, NatEntry4, NatKey4,
+    ct::{CT_FLAG_FORWARD_CLOSING, CT_FLAG_REPLY_CLOSING, CT_FLAG_RESET, CT_FLAG_SEEN_NON_SYN},
+    ipcache::identity,
+    nat::NAT_DIR_INGRESS,
+    net::{IPPROTO_TCP, l4_proto_name},
 };
 use weft_datapath::{DatapathMaps, LbMaps, monotonic_ns};
 use weft_lab::{NodeSpec, netns::run_in, topology::format_mac};
@@ -337,7 +340,16 @@ fn ipcache_rows(node: &str, maps: &DatapathMaps) -> anyhow::Result<Vec<IpcacheRo
 
 // ---- nat -------------------------------------------------------------------------------------
 
-const NAT_HEADERS: &[&str] = &["PROTO", "DIR", "ORIGINAL", "XLATE", "TRANSLATED", "AGE"];
+const NAT_HEADERS: &[&str] = &[
+    "PROTO",
+    "DIR",
+    "ORIGINAL",
+    "XLATE",
+    "TRANSLATED",
+    "STATE",
+    "EXPIRES",
+    "AGE",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NatRow {
@@ -350,14 +362,22 @@ pub struct NatRow {
     /// What is rewritten: the source (egress) or the destination (ingress).
     pub translates: &'static str,
     pub translated: String,
+    /// The flow's TCP state (see [`nat_state`]); empty for other protocols.
+    pub state: Vec<&'static str>,
+    /// Seconds until the translation expires and its port is free; 0 once expired (garbage
+    /// until a new flow takes the port or the collector deletes it). `None` when the clock is
+    /// not readable.
+    pub expires_in_secs: Option<u32>,
     pub last_seen_ns: u64,
-    /// Seconds since the last packet that used the entry, when the clock allows.
+    /// Seconds since the last packet of the flow, when the clock allows.
     pub age_secs: Option<u64>,
 }
 
-/// One entry, its age taken against `now_ns` (CLOCK_MONOTONIC, as bpf_ktime_get_ns).
+/// One entry, its expiry and age taken against `now_ns` (CLOCK_MONOTONIC, as
+/// bpf_ktime_get_ns).
 pub fn nat_row(node: &str, key: &NatKey4, entry: &NatEntry4, now_ns: Option<u64>) -> NatRow {
     let ingress = key.direction == NAT_DIR_INGRESS;
+    let now_s = now_ns.map(|ns| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX));
     NatRow {
         node: node.to_string(),
         proto: l4_proto_name(key.proto),
@@ -366,9 +386,39 @@ pub fn nat_row(node: &str, key: &NatKey4, entry: &NatEntry4, now_ns: Option<u64>
         destination: format!("{}:{}", Ipv4Addr::from(key.daddr), key.dport),
         translates: if ingress { "dst" } else { "src" },
         translated: format!("{}:{}", Ipv4Addr::from(entry.addr), entry.port),
+        state: if key.proto == IPPROTO_TCP {
+            nat_state(entry.flags)
+        } else {
+            Vec::new()
+        },
+        expires_in_secs: now_s.map(|now| entry.expires_s.saturating_sub(now)),
         last_seen_ns: entry.last_seen_ns,
         age_secs: now_ns.map(|now| now.saturating_sub(entry.last_seen_ns) / 1_000_000_000),
     }
+}
+
+/// A masqueraded TCP flow's state by name: `syn-sent` until a packet other than a bare SYN
+/// passed, then `established`; `fin-out` / `fin-in` once the side that opened it (the pod, or
+/// the client of a north-south flow) / the other side sent a FIN; `reset`.
+pub fn nat_state(flags: u16) -> Vec<&'static str> {
+    let opened = if flags & CT_FLAG_SEEN_NON_SYN != 0 {
+        "established"
+    } else {
+        "syn-sent"
+    };
+    let closing = [
+        (CT_FLAG_FORWARD_CLOSING, "fin-out"),
+        (CT_FLAG_REPLY_CLOSING, "fin-in"),
+        (CT_FLAG_RESET, "reset"),
+    ];
+    std::iter::once(opened)
+        .chain(
+            closing
+                .into_iter()
+                .filter(|(bit, _)| flags & bit != 0)
+                .map(|(_, name)| name),
+        )
+        .collect()
 }
 
 /// `42s`, `3m12s`, `2h05m`.
@@ -388,6 +438,16 @@ impl Row for NatRow {
             format!("{} -> {}", self.source, self.destination),
             self.translates.to_string(),
             self.translated.clone(),
+            if self.state.is_empty() {
+                "-".to_string()
+            } else {
+                self.state.join(",")
+            },
+            match self.expires_in_secs {
+                None => "-".to_string(),
+                Some(0) => "expired".to_string(),
+                Some(secs) => age_text(u64::from(secs)),
+            },
             self.age_secs.map_or_else(|| "-".to_string(), age_text),
         ]
     }
@@ -481,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn nat_rows_show_both_tuples_direction_and_age() {
+    fn nat_rows_show_both_tuples_direction_state_expiry_and_age() {
         let key = NatKey4 {
             saddr: [10, 42, 1, 10],
             daddr: [203, 0, 113, 4],
@@ -494,7 +554,9 @@ mod tests {
         let entry = NatEntry4 {
             addr: [198, 51, 100, 1],
             port: 33000,
+            flags: CT_FLAG_SEEN_NON_SYN | CT_FLAG_FORWARD_CLOSING,
             last_seen_ns: 1_000_000_000,
+            expires_s: 8076,
             ..NatEntry4::default()
         };
         let row = nat_row("vps1", &key, &entry, Some(76_500_000_000));
@@ -506,6 +568,8 @@ mod tests {
                 "10.42.1.10:40000 -> 203.0.113.4:80",
                 "src",
                 "198.51.100.1:33000",
+                "established,fin-out",
+                "2h13m",
                 "1m15s"
             ]
         );
@@ -520,7 +584,27 @@ mod tests {
         };
         let row = nat_row("vps1", &reply, &entry, None);
         assert_eq!((row.direction, row.translates), ("ingress", "dst"));
-        assert_eq!(row.cells()[5], "-");
+        assert_eq!(
+            row.cells()[5..],
+            ["-", "-", "-"],
+            "UDP has no state; no clock"
+        );
+        let expired = nat_row("vps1", &key, &entry, Some(9_000_000_000_000));
+        assert_eq!(expired.cells()[6], "expired");
+        let json = serde_json::to_value(&expired).expect("json");
+        assert_eq!(json["expires_in_secs"], 0);
+        assert_eq!(json["state"][1], "fin-out");
+    }
+
+    #[test]
+    fn masqueraded_tcp_states_are_named() {
+        assert_eq!(nat_state(0), ["syn-sent"]);
+        assert_eq!(nat_state(CT_FLAG_SEEN_NON_SYN), ["established"]);
+        assert_eq!(
+            nat_state(CT_FLAG_SEEN_NON_SYN | CT_FLAG_FORWARD_CLOSING | CT_FLAG_REPLY_CLOSING),
+            ["established", "fin-out", "fin-in"]
+        );
+        assert_eq!(nat_state(CT_FLAG_RESET), ["syn-sent", "reset"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapInfo,
     programs::{
         LinkOrder, ProgramInfo, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -43,6 +44,7 @@ impl NodeDatapath {
     /// Loads the programs, creating the node's maps in `pin_dir` or adopting those already
     /// pinned there.
     pub fn open(pin_dir: &Path) -> anyhow::Result<NodeDatapath> {
+        check_pinned_layouts(pin_dir)?;
         let links = links_dir(pin_dir);
         fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
         let mut loader = EbpfLoader::new();
@@ -68,6 +70,43 @@ impl NodeDatapath {
     fn link_pin(&self, attachment: &Attachment) -> PathBuf {
         links_dir(&self.pin_dir).join(link_pin_name(attachment))
     }
+}
+
+/// Refuses to adopt a map pinned in `pin_dir` whose key or value size differs from the one
+/// this build's programs use: the pin of another Weft version (an older agent's `weft_snat4`
+/// has 16-byte values, this one's 24). The loader would otherwise hand the old map to the new
+/// programs, which the verifier refuses (or which would read the old values wrongly). Nothing
+/// is changed: the node's datapath keeps running as it is until it is removed.
+pub fn check_pinned_layouts(pin_dir: &Path) -> anyhow::Result<()> {
+    let object = aya_obj::Object::parse(BPF_OBJECT).context("parsing the BPF object")?;
+    for name in names::ALL {
+        let pin = pin_dir.join(name);
+        let Some(want) = object.maps.get(name) else {
+            continue;
+        };
+        if !pin.exists() {
+            continue;
+        }
+        let have = MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading the map pinned at {}", pin.display()))?;
+        let sizes = |key: u32, value: u32| format!("{key}-byte keys and {value}-byte values");
+        let (pinned, expected) = (
+            sizes(have.key_size(), have.value_size()),
+            sizes(want.key_size(), want.value_size()),
+        );
+        if pinned != expected {
+            bail!(
+                "the map {name} pinned at {} has {pinned}, this Weft's programs use {expected}: \
+                 it was made by another Weft version. Refusing to adopt it (the running \
+                 datapath is left as it is); remove the node's datapath (its programs' links \
+                 under {} and the pins in {}; `weft lab down` in a lab) and start again",
+                pin.display(),
+                links_dir(pin_dir).display(),
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -367,6 +406,40 @@ impl Datapath for NodeDatapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_pinned_with_another_layout_is_refused_and_left_alone() {
+        if !crate::running_as_root("a_map_pinned_with_another_layout_is_refused_and_left_alone") {
+            return;
+        }
+        let pins = crate::bpffs::TempPinDir::new("weft-test").unwrap();
+        // `weft_snat4` as an agent from before the masquerade entries carried state made it.
+        let old =
+            aya::maps::HashMap::<aya::maps::MapData, [u8; 16], [u8; 16]>::create(16, 0).unwrap();
+        let pin = pins.path().join(names::SNAT4);
+        old.pin(&pin).unwrap();
+        let err = NodeDatapath::open(pins.path())
+            .err()
+            .expect("an old layout is refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("weft_snat4"), "{text}");
+        assert!(
+            text.contains("16-byte keys and 16-byte values")
+                && text.contains("16-byte keys and 24-byte values"),
+            "{text}"
+        );
+        assert!(pin.exists(), "the old map stays pinned");
+        let others: Vec<_> = fs::read_dir(pins.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(others, [names::SNAT4], "nothing else was created");
+        // The layouts of a fresh node are its own.
+        let fresh = crate::bpffs::TempPinDir::new("weft-test").unwrap();
+        NodeDatapath::open(fresh.path()).unwrap();
+        check_pinned_layouts(fresh.path()).unwrap();
+    }
 
     #[test]
     fn link_pin_names_round_trip_and_foreign_names_are_ignored() {

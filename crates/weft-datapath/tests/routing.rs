@@ -19,11 +19,11 @@ use weft_common::{
     programs::{FROM_CONTAINER, FROM_NETDEV, TO_NETDEV},
 };
 use weft_datapath::{
-    running_as_root,
+    monotonic_ns, running_as_root,
     testrun::{TestHarness, assert_every_fixture},
 };
 use weft_model::Ipv4Cidr;
-use weft_packet::{PacketBuilder, TCP_ACK, TCP_SYN, checksum::internet_checksum};
+use weft_packet::{PacketBuilder, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, checksum::internet_checksum};
 
 const TC_ACT_REDIRECT: i32 = 7;
 
@@ -763,8 +763,8 @@ fn masquerade_without_a_free_port_drops_with_its_reason() {
             NatEntry4 {
                 addr: POD_B.octets(),
                 port: 41000,
-                _pad: 0,
-                last_seen_ns: 0,
+                expires_s: u32::MAX,
+                ..NatEntry4::default()
             },
         )
         .expect("occupy");
@@ -822,5 +822,230 @@ fn cluster_destinations_are_not_masqueraded_and_stack_routed_traffic_to_remote_p
         &out.packet[26..30],
         &NODE_IP.octets(),
         "a node is not a pod: pod traffic to it is masqueraded"
+    );
+}
+
+// ---- Masquerade entries follow their flow's TCP state ----
+
+/// Monotonic seconds, the clock of `expires_s`.
+fn now_s() -> u32 {
+    (monotonic_ns().expect("clock") / 1_000_000_000) as u32
+}
+
+fn snat_entry(h: &TestHarness, key: &NatKey4) -> Option<NatEntry4> {
+    h.maps
+        .snat()
+        .expect("snat entries")
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, e)| e)
+}
+
+/// The two keys of pod A's flow `sport` -> client:80 translated to `port`.
+fn flow_keys(sport: u16, port: u16) -> (NatKey4, NatKey4) {
+    (
+        snat_key(POD_A, CLIENT, sport, 80, IPPROTO_TCP, NAT_DIR_EGRESS),
+        snat_key(CLIENT, NODE_IP, 80, port, IPPROTO_TCP, NAT_DIR_INGRESS),
+    )
+}
+
+/// A packet of pod A's flow 40000 -> client:80: from the pod (`out`, to_netdev) or the
+/// client's reply (from_netdev), as it reaches the node.
+fn flow_packet(out: bool, flags: u8) -> (&'static str, Vec<u8>) {
+    if out {
+        let p = PacketBuilder::new()
+            .ipv4(POD_A, CLIENT)
+            .tcp(40000, 80, flags)
+            .build();
+        (TO_NETDEV, p)
+    } else {
+        let p = PacketBuilder::new()
+            .ipv4(CLIENT, NODE_IP)
+            .tcp(80, 40000, flags)
+            .build();
+        (FROM_NETDEV, p)
+    }
+}
+
+/// One step of a flow: the packet, and the lifetime both entries must have after it where the
+/// flow's state is settled (`None`: as the state machine has it, whichever way it counts a
+/// SYN-ACK).
+struct FlowStep {
+    what: &'static str,
+    out: bool,
+    flags: u8,
+    lifetime_s: Option<u32>,
+}
+
+#[test]
+fn masquerade_entries_follow_the_tcp_state_both_ways() {
+    if !running_as_root("masquerade_entries_follow_the_tcp_state_both_ways") {
+        return;
+    }
+    use weft_common::ct::{
+        CT_LIFETIME_TCP_CLOSE_S as CLOSE, CT_LIFETIME_TCP_ESTABLISHED_S as ESTABLISHED,
+        CT_LIFETIME_TCP_SYN_S as SYN, CtDirection, ct_update,
+    };
+    let step = |what, out, flags, lifetime_s| FlowStep {
+        what,
+        out,
+        flags,
+        lifetime_s,
+    };
+    let handshake = [
+        step("SYN from the pod", true, TCP_SYN, Some(SYN)),
+        step("SYN-ACK back", false, TCP_SYN | TCP_ACK, None),
+        step("ACK from the pod", true, TCP_ACK, Some(ESTABLISHED)),
+    ];
+    let fins = [
+        step(
+            "FIN from the pod",
+            true,
+            TCP_FIN | TCP_ACK,
+            Some(ESTABLISHED),
+        ),
+        step("FIN back", false, TCP_FIN | TCP_ACK, Some(CLOSE)),
+        step("last ACK", true, TCP_ACK, Some(CLOSE)),
+        step("the pod reuses the 4-tuple", true, TCP_SYN, Some(SYN)),
+    ];
+    let resets = [
+        step("RST back", false, TCP_RST | TCP_ACK, Some(CLOSE)),
+        step("a new SYN after the RST", true, TCP_SYN, Some(SYN)),
+    ];
+    for (name, tail) in [("FINs", &fins[..]), ("RST", &resets[..])] {
+        let mut h = configured_node(32768, 65535);
+        let (egress, ingress) = flow_keys(40000, 40000);
+        let mut flags = 0;
+        for s in handshake.iter().chain(tail) {
+            let direction = if s.out {
+                CtDirection::Forward
+            } else {
+                CtDirection::Reply
+            };
+            let up = ct_update(flags, true, s.flags, direction);
+            flags = up.flags;
+            let lifetime = s.lifetime_s.unwrap_or(up.lifetime_s);
+            assert_eq!(lifetime, up.lifetime_s, "{name}: {}: the fixture", s.what);
+            let (program, packet) = flow_packet(s.out, s.flags);
+            let before = now_s();
+            let out = h.run(program, &packet).expect("runs");
+            let after = now_s();
+            let want = if s.out { TC_ACT_OK } else { TC_ACT_REDIRECT };
+            assert_eq!(out.verdict, want, "{name}: {}", s.what);
+            for key in [egress, ingress] {
+                let e = snat_entry(&h, &key)
+                    .unwrap_or_else(|| panic!("{name}: {}: no entry {key:?}", s.what));
+                assert_eq!(e.flags, flags, "{name}: {}: state of {key:?}", s.what);
+                assert!(
+                    (before + lifetime..=after + lifetime).contains(&e.expires_s),
+                    "{name}: {}: expiry {} for a lifetime of {lifetime} s at {before}",
+                    s.what,
+                    e.expires_s,
+                );
+                assert_eq!(e.port, 40000, "{name}: {}: the flow keeps its port", s.what);
+            }
+        }
+        assert_eq!(h.maps.snat().expect("snat").len(), 2, "{name}");
+    }
+}
+
+/// `n` live (or, with `expires_s` in the past, expired) flows of pod B to client:80 holding
+/// SNAT ports `ports`, both entries each.
+fn occupy(h: &mut TestHarness, ports: impl IntoIterator<Item = u16>, expires_s: u32) {
+    for port in ports {
+        let egress = snat_key(POD_B, CLIENT, port, 80, IPPROTO_TCP, NAT_DIR_EGRESS);
+        let ingress = snat_key(CLIENT, NODE_IP, 80, port, IPPROTO_TCP, NAT_DIR_INGRESS);
+        let entry = |addr: Ipv4Addr| NatEntry4 {
+            addr: addr.octets(),
+            port,
+            flags: weft_common::ct::CT_FLAG_SEEN_NON_SYN,
+            expires_s,
+            ..NatEntry4::default()
+        };
+        h.maps.put_snat(egress, entry(NODE_IP)).expect("egress");
+        h.maps.put_snat(ingress, entry(POD_B)).expect("ingress");
+    }
+}
+
+#[test]
+fn an_expired_translation_gives_its_port_to_a_new_flow_at_once_and_is_no_reply_path() {
+    if !running_as_root("an_expired_translation_gives_its_port_to_a_new_flow_at_once") {
+        return;
+    }
+    let mut h = configured_node(40000, 40000);
+    occupy(&mut h, [40000], now_s() - 1);
+    // A late reply to the expired flow is no masqueraded traffic: it goes to the node's stack.
+    let late = PacketBuilder::new()
+        .ipv4(CLIENT, NODE_IP)
+        .tcp(80, 40000, TCP_ACK)
+        .build();
+    let out = h.run(FROM_NETDEV, &late).expect("runs");
+    assert_eq!((out.verdict, out.packet), (TC_ACT_OK, late));
+    // Pod A takes the only port: the old flow's two entries go, the new flow's come.
+    let syn = PacketBuilder::new()
+        .ipv4(POD_A, CLIENT)
+        .tcp(40000, 80, TCP_SYN)
+        .build();
+    let out = h.run(TO_NETDEV, &syn).expect("runs");
+    assert_eq!(out.verdict, TC_ACT_OK);
+    let (egress, ingress) = flow_keys(40000, 40000);
+    let mut want = vec![
+        (egress, NODE_IP.octets(), 40000),
+        (ingress, POD_A.octets(), 40000),
+    ];
+    want.sort_by_key(|(k, _, _)| *k);
+    assert_eq!(snat_state(&mut h), want);
+    // Its reply reaches pod A.
+    let reply = PacketBuilder::new()
+        .ipv4(CLIENT, NODE_IP)
+        .tcp(80, 40000, TCP_SYN | TCP_ACK)
+        .build();
+    let back = h.run(FROM_NETDEV, &reply).expect("runs");
+    assert_eq!(back.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&back.packet[30..34], &POD_A.octets());
+}
+
+#[test]
+fn probing_finds_the_one_free_port_of_a_nearly_full_range() {
+    if !running_as_root("probing_finds_the_one_free_port_of_a_nearly_full_range") {
+        return;
+    }
+    const MIN: u16 = 40000;
+    const PORTS: u16 = weft_common::nat::SNAT_PORT_PROBES as u16;
+    let mut h = configured_node(MIN, MIN + PORTS - 1);
+    let live = now_s() + 1000;
+    // Each round leaves one port free (a different one each time) for a new flow of pod A from
+    // a source port outside the range; a few random probes would miss it.
+    for (round, free) in [3, 127, 64, 0, 90, 17, 111, 42].into_iter().enumerate() {
+        h.maps
+            .snat()
+            .expect("snat")
+            .into_iter()
+            .for_each(|(k, _)| h.maps.delete_snat(k).expect("delete"));
+        occupy(
+            &mut h,
+            (MIN..MIN + PORTS).filter(|p| *p != MIN + free),
+            live,
+        );
+        let sport = 5000 + round as u16;
+        let syn = PacketBuilder::new()
+            .ipv4(POD_A, CLIENT)
+            .tcp(sport, 80, TCP_SYN)
+            .build();
+        let out = h.run(TO_NETDEV, &syn).expect("runs");
+        assert_eq!(out.verdict, TC_ACT_OK, "round {round}");
+        let port = u16::from_be_bytes([out.packet[34], out.packet[35]]);
+        assert_eq!(port, MIN + free, "round {round}");
+    }
+    // Now every port is held: the drop keeps its name.
+    let syn = PacketBuilder::new()
+        .ipv4(POD_A, CLIENT)
+        .tcp(6000, 80, TCP_SYN)
+        .build();
+    assert_eq!(h.run(TO_NETDEV, &syn).expect("runs").verdict, TC_ACT_SHOT);
+    let events = h.maps.drain_events();
+    assert_eq!(
+        events.last().map(|e| e.reason),
+        Some(Reason::SnatNoPort as u8)
     );
 }

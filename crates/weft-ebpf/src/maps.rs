@@ -62,6 +62,11 @@ pub static SNAT4: LruHashMap<NatKey4, NatEntry4> = LruHashMap::with_max_entries(
 pub static SCRATCH: PerCpuArray<crate::parse::Headers> =
     PerCpuArray::with_max_entries(weft_common::Hook::SLOTS, 0);
 
+/// Scratch space for a masquerade translation (`nat`): its keys, entries and port search, kept
+/// off the BPF stack.
+#[map(name = "weft_snat_scratch")]
+pub static SNAT_SCRATCH: PerCpuArray<crate::nat::NatScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Scratch space for the packet an ICMP error quotes, to checksum it.
 #[map(name = "weft_quote")]
 pub static QUOTE: PerCpuArray<[u8; crate::reject::QUOTE_MAX]> = PerCpuArray::with_max_entries(1, 0);

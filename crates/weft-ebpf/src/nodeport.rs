@@ -51,8 +51,10 @@ pub enum Delivery {
 /// What is done to a packet to a north-south frontend.
 pub struct Plan {
     pub backend: Lb4Backend,
-    /// SNAT mode: the source becomes this node's address and this port.
-    pub snat_port: Option<u16>,
+    /// SNAT mode: the source becomes this node's address and this port; 0 (never in the SNAT
+    /// range) for none. Not an `Option`: the compiler leaves the payload of a `None` undefined and
+    /// may then spill part of whatever register held it, which the verifier refuses.
+    pub snat_port: u16,
     pub delivery: Delivery,
     /// DSR to a remote backend, on a packet that opens the flow: the frontend the option
     /// carries (address, port in host order).
@@ -119,9 +121,9 @@ pub fn plan<N>(
     let remote = unsafe { core::ptr::read_volatile(&remote) };
     let snat = !dsr && !ext_local && remote;
     let snat_port = if snat {
-        Some(nat::service_snat_port(h, &flow.backend, node)?)
+        nat::service_snat_port(h, &flow.backend, node)?
     } else {
-        None
+        0
     };
     let dsr_option = if dsr && remote && opens(h, flow.opened) {
         Some((h.dst_v4(), h.dst_port))
@@ -172,8 +174,8 @@ fn delivery(backend: &Lb4Backend) -> Result<Delivery, Reason> {
 #[inline(always)]
 pub fn forward(ctx: &TcContext, h: &mut Headers, node: &NodeConfig, plan: &Plan) -> StageResult {
     lb::dnat(ctx, h, &plan.backend)?;
-    if let Some(port) = plan.snat_port {
-        skb::set_source(ctx, h, node.ipv4, port)?;
+    if plan.snat_port != 0 {
+        skb::set_source(ctx, h, node.ipv4, plan.snat_port)?;
     }
     skb::decrement_ttl(ctx, h.ttl)?;
     let verdict = match plan.delivery {

@@ -153,8 +153,8 @@ fn translate(
         return Err(Reason::TtlExceeded);
     }
     let (src, sport) = match plan.snat_port {
-        Some(port) => (node.ipv4, port),
-        None => (h.src_v4(), h.src_port),
+        0 => (h.src_v4(), h.src_port),
+        port => (node.ipv4, port),
     };
     let (dst, dport) = (plan.backend.address, plan.backend.port);
     let ip_at = frame_ptr::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(Reason::MalformedIpv4)?;

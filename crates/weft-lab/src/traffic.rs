@@ -7,6 +7,10 @@ use std::{
     mem::size_of,
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -204,36 +208,175 @@ pub fn icmp_echo(netns: &str, dst: Ipv4Addr, id: u16, seq: u16) -> anyhow::Resul
 /// Sends `frame` (a whole Ethernet frame) out of interface `ifname` of `netns` from a packet
 /// socket, bypassing the stack: how a misbehaving pod puts garbage on the wire.
 pub fn send_raw_frame(netns: &str, ifname: &str, frame: &[u8]) -> anyhow::Result<()> {
+    send_raw_frames(netns, ifname, &[frame.to_vec()], usize::MAX, Duration::ZERO)
+}
+
+/// Sends `frames` like [`send_raw_frame`], from one packet socket, pausing `pause` after every
+/// `burst` frames: a veth hands what it is sent to a per-CPU backlog of its peer (1,000
+/// packets by default) and drops the rest, so a flood that must arrive whole is paced.
+pub fn send_raw_frames(
+    netns: &str,
+    ifname: &str,
+    frames: &[Vec<u8>],
+    burst: usize,
+    pause: Duration,
+) -> anyhow::Result<()> {
     run_in(netns, || -> anyhow::Result<()> {
         let sock = raw_socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
         let name = std::ffi::CString::new(ifname)?;
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         ensure!(ifindex != 0, "no interface {ifname} in {netns}");
-        // SAFETY: sockaddr_ll is plain data; zero is a valid starting value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(frame.get(..6).unwrap_or(&[0; 6]));
-        // SAFETY: frame and address are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        ensure!(
-            sent as usize == frame.len(),
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
+        for (i, frame) in frames.iter().enumerate() {
+            // SAFETY: sockaddr_ll is plain data; zero is a valid starting value.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(frame.get(..6).unwrap_or(&[0; 6]));
+            // SAFETY: frame and address are valid for the lengths given.
+            let sent = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            ensure!(
+                sent as usize == frame.len(),
+                "sendto of frame {i}: {}",
+                std::io::Error::last_os_error()
+            );
+            if (i + 1) % burst.max(1) == 0 {
+                std::thread::sleep(pause);
+            }
+        }
         Ok(())
     })?
+}
+
+/// A TCP server in a namespace that accepts every connection and reads it to its end (then
+/// closes it), on a few threads, until dropped.
+pub struct TcpSink {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl TcpSink {
+    /// Listens on `addr` in `netns` with a backlog of 4,096 (std's 128 would turn a burst of
+    /// connects into SYN retransmissions).
+    pub fn start(netns: &str, addr: SocketAddrV4, threads: usize) -> anyhow::Result<TcpSink> {
+        let listener = run_in(netns, || listen(addr))?
+            .with_context(|| format!("listening on {addr} in {netns}"))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..threads.max(1) {
+            let listener = listener.try_clone()?;
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            workers.push(std::thread::spawn(move || {
+                sink_connections(&listener, &stop, &accepted)
+            }));
+        }
+        Ok(TcpSink {
+            stop,
+            accepted,
+            workers,
+        })
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn listen(addr: SocketAddrV4) -> anyhow::Result<TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket,
+        sockopt::ReuseAddr,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    nix::sys::socket::listen(&fd, Backlog::new(4096)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+fn sink_connections(listener: &TcpListener, stop: &AtomicBool, accepted: &AtomicU64) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(TIMEOUT));
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// What a run of connects came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectReport {
+    pub attempted: u32,
+    pub failed: u32,
+    /// The first failure, for the message.
+    pub first_error: Option<String>,
+}
+
+/// `count` TCP connections from `netns` to `server`, one after another, each closed as soon as
+/// it is up; a connect that does not complete within `timeout` fails. Gives up after
+/// `give_up_after` failures (a broken path would otherwise cost `timeout` per connect).
+pub fn connect_and_close(
+    netns: &str,
+    server: SocketAddrV4,
+    count: u32,
+    timeout: Duration,
+    give_up_after: u32,
+) -> anyhow::Result<ConnectReport> {
+    run_in(netns, || {
+        let mut report = ConnectReport::default();
+        while report.attempted < count && report.failed < give_up_after {
+            report.attempted += 1;
+            if let Err(e) = TcpStream::connect_timeout(&server.into(), timeout) {
+                report.failed += 1;
+                report
+                    .first_error
+                    .get_or_insert_with(|| format!("connect {}: {e}", report.attempted));
+            }
+        }
+        report
+    })
 }
 
 fn raw_socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> anyhow::Result<OwnedFd> {

@@ -13,9 +13,8 @@ use std::{
 
 use weft_common::{
     CtEntry4, CtKey4, Lb4AffinityEntry, Lb4AffinityKey, NatEntry4, NatKey4,
-    ct::{CT_LIFETIME_NON_TCP_S, CT_LIFETIME_TCP_ESTABLISHED_S, ct_alive},
-    nat::{NAT_DIR_EGRESS, NAT_DIR_INGRESS},
-    net::IPPROTO_TCP,
+    ct::ct_alive,
+    nat::{NAT_DIR_EGRESS, NAT_DIR_INGRESS, ingress_partner, nat_alive},
 };
 
 use crate::lb_maps::FreedIds;
@@ -84,69 +83,41 @@ pub fn stale_affinity(
         .collect()
 }
 
-/// How long a masqueraded flow may stay idle: conntrack's lifetime of its protocol (the
-/// masquerade entries carry no TCP state, so an idle TCP flow counts as established).
-fn snat_lifetime(proto: u8) -> Duration {
-    let seconds = if proto == IPPROTO_TCP {
-        CT_LIFETIME_TCP_ESTABLISHED_S
-    } else {
-        CT_LIFETIME_NON_TCP_S
-    };
-    Duration::from_secs(u64::from(seconds))
-}
-
-/// Masquerade entries of flows idle for longer than their lifetime in both directions: the
-/// egress entry and its ingress partner go together (a flow that only sends keeps its reply
-/// entry). An ingress entry whose egress entry is gone is stale once idle.
-pub fn stale_snat(entries: &[(NatKey4, NatEntry4)], now_ns: u64) -> Vec<NatKey4> {
+/// Masquerade entries of expired flows. The datapath keeps both entries of a flow in step
+/// (state and expiry, see `weft_common::nat`); a flow goes when neither of its entries lives,
+/// and its two entries go together. An entry without its partner goes once it has expired.
+pub fn stale_snat(entries: &[(NatKey4, NatEntry4)], now_s: u32) -> Vec<NatKey4> {
     let by_key: BTreeMap<NatKey4, &NatEntry4> = entries.iter().map(|(k, e)| (*k, e)).collect();
-    let idle = |key: &NatKey4, last_seen_ns: u64| {
-        let lifetime = u64::try_from(snat_lifetime(key.proto).as_nanos()).unwrap_or(u64::MAX);
-        now_ns.saturating_sub(last_seen_ns) > lifetime
-    };
+    let mut partnered = BTreeSet::new();
     let mut stale = Vec::new();
-    for (key, entry) in entries {
-        if key.direction != NAT_DIR_EGRESS {
-            continue;
+    for (key, entry) in entries
+        .iter()
+        .filter(|(k, _)| k.direction == NAT_DIR_EGRESS)
+    {
+        let partner_key = ingress_partner(key, entry);
+        let partner = by_key
+            .get(&partner_key)
+            .filter(|back| back.addr == key.saddr && back.port == key.sport);
+        if partner.is_some() {
+            partnered.insert(partner_key);
         }
-        let partner = ingress_partner(key, entry);
-        let last_seen = by_key.get(&partner).map_or(entry.last_seen_ns, |p| {
-            p.last_seen_ns.max(entry.last_seen_ns)
-        });
-        if idle(key, last_seen) {
+        let alive = nat_alive(entry, now_s) || partner.is_some_and(|back| nat_alive(back, now_s));
+        if !alive {
             stale.push(*key);
-            if by_key.contains_key(&partner) {
-                stale.push(partner);
+            if partner.is_some() {
+                stale.push(partner_key);
             }
         }
     }
-    let partnered: BTreeSet<NatKey4> = entries
-        .iter()
-        .filter(|(k, _)| k.direction == NAT_DIR_EGRESS)
-        .map(|(k, e)| ingress_partner(k, e))
-        .collect();
     stale.extend(
         entries
             .iter()
             .filter(|(k, e)| {
-                k.direction == NAT_DIR_INGRESS && !partnered.contains(k) && idle(k, e.last_seen_ns)
+                k.direction == NAT_DIR_INGRESS && !partnered.contains(k) && !nat_alive(e, now_s)
             })
             .map(|(k, _)| *k),
     );
     stale
-}
-
-/// The key of the reply entry the datapath wrote with an egress entry.
-fn ingress_partner(egress: &NatKey4, entry: &NatEntry4) -> NatKey4 {
-    NatKey4 {
-        saddr: egress.daddr,
-        daddr: entry.addr,
-        sport: egress.dport,
-        dport: entry.port,
-        proto: egress.proto,
-        direction: NAT_DIR_INGRESS,
-        _pad: [0; 2],
-    }
 }
 
 /// The interval until the next pass, from the last one and the share of the table it deleted:
@@ -238,51 +209,60 @@ mod tests {
         assert_eq!(stale.len(), 2);
     }
 
-    fn snat_pair(
-        sport: u16,
-        proto: u8,
-        egress_ns: u64,
-        ingress_ns: u64,
-    ) -> [(NatKey4, NatEntry4); 2] {
+    /// A masqueraded flow's two entries, expiring at `egress_s` and `ingress_s`.
+    fn snat_pair(sport: u16, egress_s: u32, ingress_s: u32) -> [(NatKey4, NatEntry4); 2] {
         let egress = NatKey4 {
             saddr: [10, 42, 0, 10],
             daddr: [203, 0, 113, 4],
             sport,
             dport: 443,
-            proto,
+            proto: 6,
             direction: NAT_DIR_EGRESS,
             _pad: [0; 2],
         };
         let out = NatEntry4 {
             addr: [198, 51, 100, 1],
             port: sport + 30_000,
-            _pad: 0,
-            last_seen_ns: egress_ns,
+            expires_s: egress_s,
+            ..NatEntry4::default()
         };
         let back = NatEntry4 {
             addr: egress.saddr,
             port: sport,
-            _pad: 0,
-            last_seen_ns: ingress_ns,
+            expires_s: ingress_s,
+            ..NatEntry4::default()
         };
         [(egress, out), (ingress_partner(&egress, &out), back)]
     }
 
     #[test]
-    fn a_masqueraded_flow_goes_when_idle_both_ways_and_its_two_entries_go_together() {
-        let s = 1_000_000_000u64;
-        let now = 10_000 * s;
+    fn a_masqueraded_flow_goes_when_it_has_expired_and_its_two_entries_go_together() {
+        let now = 10_000;
         let mut entries = Vec::new();
-        // UDP idle 100 s both ways: stale. UDP whose replies are recent: kept.
-        entries.extend(snat_pair(1000, 17, now - 100 * s, now - 100 * s));
-        entries.extend(snat_pair(1001, 17, now - 100 * s, now - 5 * s));
-        // TCP idle 100 s: kept (established lifetime).
-        entries.extend(snat_pair(1002, IPPROTO_TCP, now - 100 * s, now - 100 * s));
-        // An ingress entry whose egress entry the LRU evicted, idle: stale.
-        let orphan = snat_pair(1003, 17, 0, now - 100 * s)[1];
-        entries.push(orphan);
+        // Expired both ways (a closed flow 10 s on, a half-open one 60 s on): stale.
+        entries.extend(snat_pair(1000, now - 1, now - 1));
+        entries.extend(snat_pair(1001, now, now));
+        // Alive: established, or one entry refreshed later than the other.
+        entries.extend(snat_pair(1002, now + 7000, now + 7000));
+        entries.extend(snat_pair(1003, now - 50, now + 5));
+        // An ingress entry whose egress entry the LRU evicted: stale once expired, kept while
+        // alive.
+        let orphan = snat_pair(1004, 0, now - 1)[1];
+        let live_orphan = snat_pair(1005, 0, now + 1)[1];
+        entries.extend([orphan, live_orphan]);
+        // An egress entry whose reply tuple another flow holds now: it goes alone.
+        let [(moved, mut moved_out), _] = snat_pair(1006, now - 1, 0);
+        moved_out.port = entries[0].1.port;
+        entries.push((moved, moved_out));
         let stale = stale_snat(&entries, now);
-        let expected = vec![entries[0].0, entries[1].0, orphan.0];
+        let expected = vec![
+            entries[0].0,
+            entries[1].0,
+            entries[2].0,
+            entries[3].0,
+            moved,
+            orphan.0,
+        ];
         assert_eq!(stale, expected);
     }
 
