@@ -760,3 +760,116 @@ endpoints:
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("\"localEndpoints\":1"), "{text}");
 }
+
+/// Service `default/name` at `ip`, port 80/TCP, with ready endpoints `backends` at 8080.
+fn service_yaml(name: &str, ip: &str, backends: &[&str]) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|b| format!("- addresses: [{b}]\n  conditions: {{ready: true}}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  clusterIP: {ip}\n  ports:\n  - {{port: 80, protocol: TCP}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv4\nports:\n- {{port: 8080, protocol: TCP}}\nendpoints:\n{endpoints}"
+    )
+}
+
+fn status_of(agent: &mut Agent<FakeDatapath>) -> weft_api::AgentStatus {
+    match agent.handle(Request::Status) {
+        Response::Status(status) => status,
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[test]
+fn the_status_is_degraded_with_the_reason_while_services_are_refused() {
+    let dirs = dirs();
+    let mut datapath = fake_datapath();
+    datapath.lb_capacity = weft_model::lb_capacity::LbCapacity {
+        services: 5,
+        ..weft_model::lb_capacity::LbCapacity::for_lb_map_max(64)
+    };
+    let mut agent = start(&dirs, datapath);
+    let status = status_of(&mut agent);
+    assert!(!status.is_degraded(), "{:?}", status.degraded);
+    let a = service_yaml("a", "10.43.0.10", &["10.42.1.10"]);
+    let b = service_yaml("b", "10.43.0.20", &["10.42.1.20", "10.42.1.21"]);
+    let c = service_yaml("c", "10.43.0.30", &["10.42.1.30"]);
+    let store = |docs: &[&String]| {
+        let text = docs
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join("---\n");
+        Store::from_manifests([("svc.yaml", text.as_str())]).unwrap()
+    };
+    let report = agent.update_store(store(&[&a, &b, &c]));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let status = status_of(&mut agent);
+    assert!(
+        status.ready,
+        "refusing Services does not make the node unready"
+    );
+    assert_eq!(status.degraded.len(), 1, "{:?}", status.degraded);
+    assert_eq!(
+        status.degraded[0].cause,
+        weft_api::DegradedCause::LbMapsFull
+    );
+    assert_eq!(
+        status.degraded[0].reason,
+        "1 of 3 Services are not programmed (none of their entries is written): \
+         weft_lb4_services has room for 5 entries, the Services need 7; \
+         bpf.lbMapMax 16 would hold them all"
+    );
+    let lb = status.lb.expect("the LB maps in the status");
+    assert_eq!((lb.services, lb.frontends, lb.refused), (2, 2, 1));
+    assert_eq!(lb.refused_first[0].service, "default/c");
+    assert_eq!(lb.refused_first[0].map, "weft_lb4_services");
+    assert_eq!(lb.lb_map_max, 65_536);
+    let services = &lb.maps[0];
+    assert_eq!((services.used, services.room, services.wanted), (5, 5, 7));
+    let addresses: std::collections::BTreeSet<[u8; 4]> = (agent.datapath().lb_services.keys())
+        .map(|k| k.address)
+        .collect();
+    assert_eq!(addresses, [[10, 43, 0, 10], [10, 43, 0, 20]].into());
+
+    // b goes: c fits, and the agent is Ok again.
+    agent.update_store(store(&[&a, &c]));
+    let status = status_of(&mut agent);
+    assert!(!status.is_degraded(), "{:?}", status.degraded);
+    assert_eq!(status.lb.map(|lb| (lb.services, lb.refused)), Some((2, 0)));
+    assert!(
+        agent
+            .datapath()
+            .lb_services
+            .keys()
+            .any(|k| k.address == [10, 43, 0, 30])
+    );
+}
+
+#[test]
+fn a_failed_reconcile_step_makes_the_agent_degraded_until_it_succeeds() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    // A registered pod's veth vanishes: attaching its programs fails.
+    allocate(&mut agent, "c1");
+    register(&mut agent, "c1", "lxc1");
+    agent.datapath_mut().attached.clear();
+    agent.datapath_mut().interfaces.remove("lxc1");
+    agent.reconcile();
+    let status = status_of(&mut agent);
+    assert!(
+        status
+            .degraded
+            .iter()
+            .any(|d| d.cause == weft_api::DegradedCause::Reconcile && d.reason.contains("lxc1")),
+        "{:?}",
+        status.degraded
+    );
+    agent.datapath_mut().interfaces.insert("lxc1".into());
+    agent.reconcile();
+    assert!(!status_of(&mut agent).is_degraded());
+}

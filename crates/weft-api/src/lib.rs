@@ -117,6 +117,91 @@ pub struct AgentStatus {
     /// How north-south traffic is forwarded (`loadBalancer.mode`) and how DSR is carried.
     #[serde(default)]
     pub north_south: String,
+    /// Why the agent is not doing all it is asked to: Services refused for want of room in the
+    /// maps, steps of the last reconcile pass that failed. Empty: it is.
+    #[serde(default)]
+    pub degraded: Vec<Degraded>,
+    /// The service load-balancer maps; `None` before the first pass.
+    #[serde(default)]
+    pub lb: Option<LbStatus>,
+}
+
+impl AgentStatus {
+    pub fn is_degraded(&self) -> bool {
+        !self.degraded.is_empty()
+    }
+}
+
+/// One reason the agent is degraded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degraded {
+    pub cause: DegradedCause,
+    /// What is wrong, in a sentence.
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DegradedCause {
+    /// Services are not programmed: the load-balancer maps have no room for them.
+    LbMapsFull,
+    /// A step of the last reconcile pass failed.
+    Reconcile,
+}
+
+/// What the service load-balancer maps hold and could hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbStatus {
+    /// Services programmed, every frontend of each.
+    pub services: usize,
+    pub frontends: usize,
+    /// Services left out whole (none of their entries written) for want of room.
+    pub refused: usize,
+    /// The first refused Services, in the order they were refused.
+    pub refused_first: Vec<RefusedService>,
+    /// `bpf.lbMapMax` as configured.
+    pub lb_map_max: u32,
+    /// The smallest `bpf.lbMapMax` that holds every Service; `None` when none does.
+    pub lb_map_max_needed: Option<u32>,
+    pub maps: Vec<LbMapStatus>,
+}
+
+/// A Service the maps had no room for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedService {
+    /// `namespace/name`.
+    pub service: String,
+    /// The first map that had no room for it.
+    pub map: String,
+}
+
+/// One load-balancer map's use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbMapStatus {
+    /// `weft_lb4_services`, ...
+    pub map: String,
+    /// What it counts: entries, backends, service ids, Maglev tables.
+    pub unit: String,
+    pub used: u64,
+    /// What Services can use of it: its size (the reverse-NAT array: its size - 1, id 0 being
+    /// no service).
+    pub room: u64,
+    /// Its size in the kernel.
+    pub max_entries: u32,
+    /// The size `bpf.lbMapMax` asks for; another than `max_entries` when the pinned map was
+    /// created with another value (a pinned map keeps its size).
+    pub configured: u32,
+    /// What all the Services need.
+    pub wanted: u64,
+    /// Services refused for want of room in this map.
+    pub refused: usize,
+}
+
+impl LbMapStatus {
+    /// Whether the map's size is not the one `bpf.lbMapMax` asks for.
+    pub fn differs_from_config(&self) -> bool {
+        self.max_entries != self.configured
+    }
 }
 
 /// What the pod's interface is to be configured with.
