@@ -860,11 +860,6 @@ impl<D: Datapath> Agent<D> {
         report.errors.extend(self.health.reconcile(&wanted));
     }
 
-    /// Answers the health-check connections waiting now; returns how many.
-    pub fn serve_health_checks(&self) -> usize {
-        self.health.serve_pending()
-    }
-
     fn reconcile_endpoints(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {
         let locals: Vec<LocalEndpoint> = self
             .registered()
