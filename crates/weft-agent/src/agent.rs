@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use weft_api::{
-    AgentStatus, Allocation, ApiFailure, Attachment, EndpointRecord, GcSummary, PodRef, Request,
-    Response,
+    AgentStatus, Allocation, ApiFailure, Attachment, Degraded, DegradedCause, EndpointRecord,
+    GcSummary, PodRef, Request, Response,
 };
 use weft_common::{
     Hook, NodeConfig,
@@ -81,6 +81,10 @@ pub struct Agent<D: Datapath> {
     health: HealthServer,
     gc: GcSchedule,
     ready: bool,
+    /// What the last reconcile pass could not do.
+    last_errors: Vec<String>,
+    /// The last reason Services were refused that was logged.
+    logged_refusal: Option<String>,
 }
 
 /// What one reconcile pass changed, and what it could not do.
@@ -180,6 +184,8 @@ impl<D: Datapath> Agent<D> {
             health: HealthServer::on(underlay_ip),
             gc: GcSchedule::starting(Instant::now()),
             ready: false,
+            last_errors: Vec::new(),
+            logged_refusal: None,
         };
         agent.publish_weft_node()?;
         agent.save_state()?;
@@ -365,7 +371,24 @@ impl<D: Datapath> Agent<D> {
             attached,
             ready: self.ready,
             north_south: self.settings.cluster.load_balancer.north_south_summary(),
+            degraded: self.degraded(),
+            lb: self
+                .services
+                .status(self.settings.cluster.bpf.lb_map_max.get()),
         }
+    }
+
+    /// Services refused for want of room, then the failures of the last reconcile pass.
+    fn degraded(&self) -> Vec<Degraded> {
+        let refused = self.services.refusal_reason().map(|reason| Degraded {
+            cause: DegradedCause::LbMapsFull,
+            reason,
+        });
+        let failed = self.last_errors.iter().map(|e| Degraded {
+            cause: DegradedCause::Reconcile,
+            reason: e.clone(),
+        });
+        refused.into_iter().chain(failed).collect()
     }
 
     fn not_ready() -> Response {
@@ -745,6 +768,7 @@ impl<D: Datapath> Agent<D> {
         for error in &report.errors {
             log!("reconcile: {error}");
         }
+        self.last_errors.clone_from(&report.errors);
         report
     }
 
@@ -809,15 +833,21 @@ impl<D: Datapath> Agent<D> {
             }
             Err(e) => report.errors.push(format!("services: {e:#}")),
         }
+        let refusal = self.services.refusal_reason();
+        if refusal != self.logged_refusal {
+            match &refusal {
+                Some(reason) => log!("services: {reason}"),
+                None => log!("services: every Service is programmed"),
+            }
+            self.logged_refusal = refusal;
+        }
     }
 
     /// The `healthCheckNodePort`s of this node's `externalTrafficPolicy: Local` services.
     fn reconcile_health_checks(&mut self, report: &mut ReconcileReport) {
         let wanted = self
             .services
-            .state()
-            .health_checks
-            .iter()
+            .health_checks()
             .map(|h| {
                 let check = HealthCheck {
                     namespace: h.service.namespace.clone(),
@@ -828,11 +858,6 @@ impl<D: Datapath> Agent<D> {
             })
             .collect();
         report.errors.extend(self.health.reconcile(&wanted));
-    }
-
-    /// Answers the health-check connections waiting now; returns how many.
-    pub fn serve_health_checks(&self) -> usize {
-        self.health.serve_pending()
     }
 
     fn reconcile_endpoints(&mut self, report: &mut ReconcileReport) -> anyhow::Result<()> {

@@ -8,12 +8,17 @@ use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
     time::Duration,
 };
 
 use anyhow::Context as _;
 
-use crate::log;
+use crate::{log, server::Connections};
 
 /// What one health port answers for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,90 +28,163 @@ pub struct HealthCheck {
     pub local_endpoints: usize,
 }
 
-/// The listeners, one per port, and what each answers.
+type Ports = Arc<Mutex<BTreeMap<u16, (TcpListener, HealthCheck)>>>;
+
+/// The listeners, one per port, and what each answers. A thread of its own accepts their
+/// connections and answers each in a thread of its own, so that neither the agent's loop nor
+/// another client ever waits for a client.
 #[derive(Debug)]
 pub struct HealthServer {
-    listeners: BTreeMap<u16, (TcpListener, HealthCheck)>,
+    ports: Ports,
     address: Ipv4Addr,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a client may take to send its request, and to take the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the acceptor looks for connections when there were none.
+const POLL: Duration = Duration::from_millis(20);
+/// Health-check connections answered at once; more are closed unanswered.
+const MAX_CONNECTIONS: usize = 64;
 
 impl HealthServer {
     /// Answers on `address`, the node's address.
     pub fn on(address: Ipv4Addr) -> HealthServer {
+        let ports = Ports::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let (ports, stopping) = (ports.clone(), stopping.clone());
+            thread::Builder::new()
+                .name("health-accept".into())
+                .spawn(move || accept(&ports, &stopping))
+        };
+        let acceptor = match acceptor {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                log!("health: cannot start the acceptor: {e}");
+                None
+            }
+        };
         HealthServer {
-            listeners: BTreeMap::new(),
+            ports,
             address,
+            stopping,
+            acceptor,
         }
     }
 
     pub fn ports(&self) -> Vec<u16> {
-        self.listeners.keys().copied().collect()
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, (TcpListener, HealthCheck)>> {
+        // A panic while holding the lock leaves plain data behind: keep using it.
+        self.ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Opens the ports of `wanted` not open yet, closes those no longer wanted, updates what
     /// the others answer. A port that cannot be bound is reported and retried next time.
     pub fn reconcile(&mut self, wanted: &BTreeMap<u16, HealthCheck>) -> Vec<String> {
-        self.listeners.retain(|port, _| wanted.contains_key(port));
+        let address = self.address;
+        let mut listeners = self.lock();
+        listeners.retain(|port, _| wanted.contains_key(port));
         let mut errors = Vec::new();
         for (&port, check) in wanted {
-            if let Some((_, current)) = self.listeners.get_mut(&port) {
+            if let Some((_, current)) = listeners.get_mut(&port) {
                 *current = check.clone();
                 continue;
             }
-            match self.bind(port) {
+            match bind(address, port) {
                 Ok(listener) => {
                     log!(
                         "health: answering for {}/{} on port {port}",
                         check.namespace,
                         check.name
                     );
-                    self.listeners.insert(port, (listener, check.clone()));
+                    listeners.insert(port, (listener, check.clone()));
                 }
                 Err(e) => errors.push(format!("health port {port}: {e:#}")),
             }
         }
         errors
     }
+}
 
-    fn bind(&self, port: u16) -> anyhow::Result<TcpListener> {
-        let address = SocketAddrV4::new(self.address, port);
-        let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        Ok(listener)
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take()
+            && acceptor.join().is_err()
+        {
+            log!("health: the acceptor panicked");
+        }
     }
+}
 
-    /// Answers every connection waiting now; returns how many.
-    pub fn serve_pending(&self) -> usize {
-        let mut served = 0;
-        for (listener, check) in self.listeners.values() {
-            loop {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        served += 1;
-                        if let Err(e) = answer(stream, check) {
-                            log!("health: {e:#}");
-                        }
+fn bind(address: Ipv4Addr, port: u16) -> anyhow::Result<TcpListener> {
+    let address = SocketAddrV4::new(address, port);
+    let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listener non-blocking")?;
+    Ok(listener)
+}
+
+/// Until `stopping`: takes the connections waiting on every port and answers each in a thread.
+fn accept(ports: &Ports, stopping: &AtomicBool) {
+    let connections = Connections::default();
+    while !stopping.load(Ordering::Relaxed) {
+        let waiting = pending(ports);
+        if waiting.is_empty() {
+            thread::sleep(POLL);
+        }
+        for (stream, check) in waiting {
+            let Some(slot) = connections.take(MAX_CONNECTIONS) else {
+                continue;
+            };
+            let spawned = thread::Builder::new()
+                .name("health-conn".into())
+                .spawn(move || {
+                    if let Err(e) = answer(stream, &check) {
+                        log!("health: {e:#}");
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log!("health: accept: {e}");
-                        break;
-                    }
+                    drop(slot);
+                });
+            if let Err(e) = spawned {
+                log!("health: cannot start a connection's thread: {e}");
+            }
+        }
+    }
+}
+
+/// The connections waiting now, with what their port answers.
+fn pending(ports: &Ports) -> Vec<(TcpStream, HealthCheck)> {
+    let listeners = ports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = Vec::new();
+    for (listener, check) in listeners.values() {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => out.push((stream, check.clone())),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log!("health: accept: {e}");
+                    break;
                 }
             }
         }
-        served
     }
+    out
 }
 
 fn answer(mut stream: TcpStream, check: &HealthCheck) -> anyhow::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     // The request itself does not matter (any path answers, as kube-proxy's does); read what
     // has arrived so that closing does not reset the connection under the client.
     let mut request = [0u8; 1024];
@@ -150,15 +228,14 @@ mod tests {
         }
     }
 
-    fn get(port: u16, server: &HealthServer) -> String {
+    fn get(port: u16) -> String {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while server.serve_pending() == 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
         text
@@ -181,7 +258,7 @@ mod tests {
                 .reconcile(&BTreeMap::from([(port, check(2))]))
                 .is_empty()
         );
-        let text = get(port, &server);
+        let text = get(port);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(
             text.ends_with(
@@ -190,7 +267,7 @@ mod tests {
             "{text}"
         );
         server.reconcile(&BTreeMap::from([(port, check(0))]));
-        let text = get(port, &server);
+        let text = get(port);
         assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
         assert!(text.contains("\"localEndpoints\":0"));
     }

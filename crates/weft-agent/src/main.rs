@@ -12,8 +12,8 @@ use weft_agent::{
     socket_lb::SocketLbSite,
     source::{ManifestsSource, Source},
 };
-use weft_datapath::NodeDatapath;
-use weft_model::{ClusterConfig, Store};
+use weft_datapath::{Datapath as _, NodeDatapath};
+use weft_model::{ClusterConfig, Store, lb_capacity::LbCapacity};
 
 #[derive(Debug, Parser)]
 #[command(name = "weft-agent", about = "Weft node agent")]
@@ -81,8 +81,17 @@ fn main_inner(args: Args) -> anyhow::Result<()> {
             Store::default()
         }
     };
-    let datapath = NodeDatapath::open(&args.pin_dir)
+    let lb_map_max = cluster.bpf.lb_map_max.get();
+    let asked = LbCapacity::for_lb_map_max(lb_map_max);
+    let datapath = NodeDatapath::open_sized(&args.pin_dir, lb_map_max, &asked)
         .with_context(|| format!("opening the datapath in {}", args.pin_dir.display()))?;
+    let capacity = datapath.lb_capacity()?;
+    if capacity != asked {
+        log!(
+            "the pinned load-balancer maps keep the sizes they were created with ({capacity:?}), \
+             not those of bpf.lbMapMax {lb_map_max}: remove the node's pins to resize them"
+        );
+    }
     let settings = Settings {
         node: args.node,
         manifests_dir: args.manifests,

@@ -7,17 +7,24 @@
 //! missing: retire what is gone (frontends, then the flows and affinities of freed ids), write
 //! what is new or changed (backends, reverse NAT, Maglev tables, backend slots, and the service
 //! entries last), then trim (slots past a shrunk count, unused backends and tables).
+//!
+//! The maps have a fixed size (`bpf.lbMapMax`, read back from the kernel). Before writing, a
+//! pass decides which Services fit (`weft_model::lb_capacity`): those that do not are refused
+//! whole — none of their entries is written — and named in the agent's status; the others are
+//! programmed. So no write meets a full map.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
+use weft_api::{LbMapStatus, LbStatus, RefusedService};
 use weft_common::{Lb4Key, Lb4RevNat};
 use weft_datapath::Datapath;
 use weft_model::{
     ClusterConfig, Store,
     ct_gc::{affinities_of_freed, ct_of_freed},
     ipcache::map_changes,
-    lb::{LbIds, LbState, assign_ids, lb_state_reusing},
+    lb::{HealthCheckPort, LbIds, LbState, assign_admitted_ids, lb_state_reusing},
+    lb_capacity::{LbCapacity, LbMap, LbUsage, Refusal, fit},
     lb_maps::{FreedIds, LbMapContents, freed_ids, ids_from_maps, lb_map_contents},
 };
 
@@ -26,17 +33,37 @@ use crate::log;
 /// What the agent knows of the service maps.
 #[derive(Debug, Default)]
 pub struct ServiceMaps {
-    /// The state last applied (its Maglev tables are reused when their backends are unchanged).
+    /// The desired state of the last pass, refused Services included (its Maglev tables are
+    /// reused when their backends are unchanged). The ids say which frontends are programmed.
     state: LbState,
     ids: LbIds,
     /// The maps' contents as last written; `None` until read (at start, after a failure).
     applied: Option<LbMapContents>,
+    room: Room,
+}
+
+/// How the last pass found the maps' room.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Room {
+    /// The maps' sizes, from the datapath; `None` before the first pass.
+    pub capacity: Option<LbCapacity>,
+    /// Services programmed, every frontend of each.
+    pub services: usize,
+    /// Services left out whole, in the order they were considered.
+    pub refused: Vec<Refusal>,
+    /// What the maps hold.
+    pub used: LbUsage,
+    /// What all the Services need.
+    pub wanted: LbUsage,
 }
 
 /// What one pass changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ServiceReport {
+    /// Frontends programmed.
     pub frontends: usize,
+    /// Services refused for want of room.
+    pub refused: usize,
     pub entries_written: usize,
     pub entries_deleted: usize,
     pub maglev_tables_written: usize,
@@ -48,15 +75,33 @@ impl ServiceReport {
         self.entries_written + self.entries_deleted + self.maglev_tables_written + self.flows_purged
             > 0
     }
+
+    /// A first pass followed by `then`.
+    fn and_then(self, then: ServiceReport) -> ServiceReport {
+        ServiceReport {
+            frontends: then.frontends,
+            refused: then.refused,
+            entries_written: self.entries_written + then.entries_written,
+            entries_deleted: self.entries_deleted + then.entries_deleted,
+            maglev_tables_written: self.maglev_tables_written + then.maglev_tables_written,
+            flows_purged: self.flows_purged + then.flows_purged,
+        }
+    }
 }
 
 impl ServiceMaps {
-    pub fn state(&self) -> &LbState {
-        &self.state
-    }
-
     pub fn ids(&self) -> &LbIds {
         &self.ids
+    }
+
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    /// The `healthCheckNodePort`s of the programmed Services.
+    pub fn health_checks(&self) -> impl Iterator<Item = &HealthCheckPort> {
+        let refused: BTreeSet<_> = self.room.refused.iter().map(|r| &r.service).collect();
+        (self.state.health_checks.iter()).filter(move |h| !refused.contains(&h.service))
     }
 
     /// The affinity timeout of every service id (of either scope) that has session affinity.
@@ -64,14 +109,49 @@ impl ServiceMaps {
         self.state.affinity_timeouts(&self.ids)
     }
 
-    /// Brings the maps to the state of `store` for `node`. On error the maps may be half-way;
-    /// the next pass reads them back and finishes.
+    /// Brings the maps to the state of `store` for `node`, with the Services that fit. On
+    /// error the maps may be half-way; the next pass reads them back and finishes.
     pub fn reconcile<D: Datapath>(
         &mut self,
         datapath: &mut D,
         store: &Store,
         node: &str,
         config: &ClusterConfig,
+    ) -> anyhow::Result<ServiceReport> {
+        let desired = lb_state_reusing(store, node, config, &self.state);
+        for conflict in &desired.conflicts {
+            log!(
+                "services: {} claimed by {} and {}; {} keeps it",
+                conflict.frontend,
+                conflict.kept,
+                conflict.dropped,
+                conflict.kept
+            );
+        }
+        if desired.refused != self.state.refused {
+            for refused in &desired.refused {
+                log!(
+                    "services: {} of {} is not programmed: {}",
+                    refused.frontend,
+                    refused.service,
+                    refused.reason
+                );
+            }
+        }
+        let mut report = self.pass(datapath, &desired)?;
+        if report.refused > 0 && report.entries_deleted > 0 {
+            // The fit counted the entries this pass deleted as taken; now they are not.
+            report = report.and_then(self.pass(datapath, &desired)?);
+        }
+        self.state = desired;
+        Ok(report)
+    }
+
+    /// Writes the Services of `desired` that fit.
+    fn pass<D: Datapath>(
+        &mut self,
+        datapath: &mut D,
+        desired: &LbState,
     ) -> anyhow::Result<ServiceReport> {
         let applied = match self.applied.take() {
             Some(applied) => applied,
@@ -81,38 +161,107 @@ impl ServiceMaps {
                 applied
             }
         };
-        let state = lb_state_reusing(store, node, config, &self.state);
-        for conflict in &state.conflicts {
-            log!(
-                "services: {} claimed by {} and {}; {} keeps it",
-                conflict.frontend,
-                conflict.kept,
-                conflict.dropped,
-                conflict.kept
-            );
-        }
-        if state.refused != self.state.refused {
-            for refused in &state.refused {
-                log!(
-                    "services: {} of {} is not programmed: {}",
-                    refused.frontend,
-                    refused.service,
-                    refused.reason
-                );
-            }
-        }
-        let ids = assign_ids(&state, &self.ids)?;
-        let desired = lb_map_contents(&state, &ids);
+        let capacity = datapath.lb_capacity().context("reading the maps' sizes")?;
+        let fit = fit(desired, &applied, &self.ids, &capacity);
+        let refused = fit.refused_services();
+        let admitted = |lb: &weft_model::lb::ServiceLb| !refused.contains(&lb.service);
+        let ids = assign_admitted_ids(desired, admitted, &self.ids, capacity.max_service_id())?;
+        let contents = lb_map_contents(desired, &ids);
         let freed = freed_ids(&self.ids, &ids);
         let mut report = ServiceReport {
-            frontends: state.frontends.len(),
+            frontends: ids.services.len(),
+            refused: fit.refused.len(),
             ..ServiceReport::default()
         };
-        apply(datapath, &applied, &desired, &freed, &mut report)?;
-        self.state = state;
+        apply(datapath, &applied, &contents, &freed, &mut report)?;
+        self.room = Room {
+            capacity: Some(capacity),
+            services: fit.services - fit.refused.len(),
+            used: LbUsage::of(&contents),
+            wanted: fit.wanted,
+            refused: fit.refused,
+        };
         self.ids = ids;
-        self.applied = Some(desired);
+        self.applied = Some(contents);
         Ok(report)
+    }
+}
+
+/// How many refused Services the status names.
+const REFUSED_NAMED: usize = 10;
+
+impl ServiceMaps {
+    /// The maps' use and room, for the agent's status; `None` before the first pass.
+    /// `lb_map_max` is the configured `bpf.lbMapMax`.
+    pub fn status(&self, lb_map_max: u32) -> Option<LbStatus> {
+        let room = &self.room;
+        let capacity = room.capacity?;
+        let configured = LbCapacity::for_lb_map_max(lb_map_max);
+        let maps = LbMap::ALL
+            .iter()
+            .map(|&map| LbMapStatus {
+                map: map.name().to_string(),
+                unit: map.entry_kind().to_string(),
+                used: room.used.get(map),
+                room: capacity.room(map),
+                max_entries: capacity.max_entries(map),
+                configured: configured.max_entries(map),
+                wanted: room.wanted.get(map),
+                refused: room.refused.iter().filter(|r| r.map == map).count(),
+            })
+            .collect();
+        let refused_first = (room.refused.iter().take(REFUSED_NAMED))
+            .map(|r| RefusedService {
+                service: r.service.to_string(),
+                map: r.map.name().to_string(),
+            })
+            .collect();
+        Some(LbStatus {
+            services: room.services,
+            frontends: self.ids.services.len(),
+            refused: room.refused.len(),
+            refused_first,
+            lb_map_max,
+            lb_map_max_needed: room.wanted.lb_map_max_needed(),
+            maps,
+        })
+    }
+
+    /// Why Services are not programmed, when some are not: which maps lack room, and the
+    /// `bpf.lbMapMax` that would hold them all.
+    pub fn refusal_reason(&self) -> Option<String> {
+        let room = &self.room;
+        let capacity = room.capacity?;
+        if room.refused.is_empty() {
+            return None;
+        }
+        let short: Vec<String> = LbMap::ALL
+            .iter()
+            .filter(|&&map| room.wanted.get(map) > capacity.room(map))
+            .map(|&map| {
+                format!(
+                    "{} has room for {} {}, the Services need {}",
+                    map.name(),
+                    capacity.room(map),
+                    map.entry_kind(),
+                    room.wanted.get(map)
+                )
+            })
+            .collect();
+        let why = if short.is_empty() {
+            "the maps are full until stale entries are deleted".to_string()
+        } else {
+            short.join("; ")
+        };
+        let fix = match room.wanted.lb_map_max_needed() {
+            Some(n) => format!("bpf.lbMapMax {n} would hold them all"),
+            None => "no bpf.lbMapMax holds them all".to_string(),
+        };
+        Some(format!(
+            "{} of {} Services are not programmed (none of their entries is written): {why}; {fix}",
+            room.refused.len(),
+            room.services + room.refused.len()
+        ))
     }
 }
 

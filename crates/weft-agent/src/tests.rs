@@ -3,7 +3,9 @@
 use std::{
     collections::BTreeMap,
     fs,
+    io::{Read as _, Write as _},
     net::Ipv4Addr,
+    os::unix::net::UnixStream,
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -749,14 +751,286 @@ endpoints:
     let report = agent.update_store(store);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-    use std::io::{Read as _, Write as _};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.serve_health_checks() == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("\"localEndpoints\":1"), "{text}");
+}
+
+/// Service `default/name` at `ip`, port 80/TCP, with ready endpoints `backends` at 8080.
+fn service_yaml(name: &str, ip: &str, backends: &[&str]) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|b| format!("- addresses: [{b}]\n  conditions: {{ready: true}}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  clusterIP: {ip}\n  ports:\n  - {{port: 80, protocol: TCP}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv4\nports:\n- {{port: 8080, protocol: TCP}}\nendpoints:\n{endpoints}"
+    )
+}
+
+fn status_of(agent: &mut Agent<FakeDatapath>) -> weft_api::AgentStatus {
+    match agent.handle(Request::Status) {
+        Response::Status(status) => status,
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[test]
+fn the_status_is_degraded_with_the_reason_while_services_are_refused() {
+    let dirs = dirs();
+    let mut datapath = fake_datapath();
+    datapath.lb_capacity = weft_model::lb_capacity::LbCapacity {
+        services: 5,
+        ..weft_model::lb_capacity::LbCapacity::for_lb_map_max(64)
+    };
+    let mut agent = start(&dirs, datapath);
+    let status = status_of(&mut agent);
+    assert!(!status.is_degraded(), "{:?}", status.degraded);
+    let a = service_yaml("a", "10.43.0.10", &["10.42.1.10"]);
+    let b = service_yaml("b", "10.43.0.20", &["10.42.1.20", "10.42.1.21"]);
+    let c = service_yaml("c", "10.43.0.30", &["10.42.1.30"]);
+    let store = |docs: &[&String]| {
+        let text = docs
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join("---\n");
+        Store::from_manifests([("svc.yaml", text.as_str())]).unwrap()
+    };
+    let report = agent.update_store(store(&[&a, &b, &c]));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let status = status_of(&mut agent);
+    assert!(
+        status.ready,
+        "refusing Services does not make the node unready"
+    );
+    assert_eq!(status.degraded.len(), 1, "{:?}", status.degraded);
+    assert_eq!(
+        status.degraded[0].cause,
+        weft_api::DegradedCause::LbMapsFull
+    );
+    assert_eq!(
+        status.degraded[0].reason,
+        "1 of 3 Services are not programmed (none of their entries is written): \
+         weft_lb4_services has room for 5 entries, the Services need 7; \
+         bpf.lbMapMax 16 would hold them all"
+    );
+    let lb = status.lb.expect("the LB maps in the status");
+    assert_eq!((lb.services, lb.frontends, lb.refused), (2, 2, 1));
+    assert_eq!(lb.refused_first[0].service, "default/c");
+    assert_eq!(lb.refused_first[0].map, "weft_lb4_services");
+    assert_eq!(lb.lb_map_max, 65_536);
+    let services = &lb.maps[0];
+    assert_eq!((services.used, services.room, services.wanted), (5, 5, 7));
+    let addresses: std::collections::BTreeSet<[u8; 4]> = (agent.datapath().lb_services.keys())
+        .map(|k| k.address)
+        .collect();
+    assert_eq!(addresses, [[10, 43, 0, 10], [10, 43, 0, 20]].into());
+
+    // b goes: c fits, and the agent is Ok again.
+    agent.update_store(store(&[&a, &c]));
+    let status = status_of(&mut agent);
+    assert!(!status.is_degraded(), "{:?}", status.degraded);
+    assert_eq!(status.lb.map(|lb| (lb.services, lb.refused)), Some((2, 0)));
+    assert!(
+        agent
+            .datapath()
+            .lb_services
+            .keys()
+            .any(|k| k.address == [10, 43, 0, 30])
+    );
+}
+
+#[test]
+fn a_failed_reconcile_step_makes_the_agent_degraded_until_it_succeeds() {
+    let dirs = dirs();
+    let mut agent = start(&dirs, fake_datapath());
+    // A registered pod's veth vanishes: attaching its programs fails.
+    allocate(&mut agent, "c1");
+    register(&mut agent, "c1", "lxc1");
+    agent.datapath_mut().attached.clear();
+    agent.datapath_mut().interfaces.remove("lxc1");
+    agent.reconcile();
+    let status = status_of(&mut agent);
+    assert!(
+        status
+            .degraded
+            .iter()
+            .any(|d| d.cause == weft_api::DegradedCause::Reconcile && d.reason.contains("lxc1")),
+        "{:?}",
+        status.degraded
+    );
+    agent.datapath_mut().interfaces.insert("lxc1".into());
+    agent.reconcile();
+    assert!(!status_of(&mut agent).is_degraded());
+}
+
+/// A NodePort Service with `externalTrafficPolicy: Local` whose health-check port is `port` on
+/// the node's address, with a ready endpoint on vps1.
+fn health_checked_service(port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.43.0.9
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {port}
+  ports:
+  - {{port: 80, nodePort: 30080, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{port: 8080, protocol: TCP}}
+endpoints:
+- addresses: [10.42.0.10]
+  nodeName: vps1
+  conditions: {{ready: true}}
+"
+    )
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The agent's loop on a socket of its own, with the node at 127.0.0.1, until `stop`.
+fn run_agent(dirs: &Dirs, socket: &Path, stop: &AtomicBool) -> Agent<FakeDatapath> {
+    let mut agent = Agent::start(
+        Settings {
+            underlay_ip: Some(Ipv4Addr::LOCALHOST),
+            ..settings(dirs, "vps1")
+        },
+        fake_datapath(),
+        Box::new(fake_net()),
+        Store::default(),
+    )
+    .unwrap();
+    let mut source = ManifestsSource::new(dirs.manifests.0.clone());
+    let api = ApiSocket::bind(socket).unwrap();
+    run(&mut agent, &mut source, &api, stop);
+    agent
+}
+
+/// Stops the loop when dropped, also when an assertion fails (a scope waits for its threads).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn lb_services(socket: &Path) -> Option<usize> {
+    match weft_api::call(socket, &Request::Status) {
+        Ok(Response::Status(status)) => status.lb.map(|lb| lb.services),
+        _ => None,
+    }
+}
+
+#[test]
+fn idle_api_clients_delay_neither_status_nor_reconcile() {
+    let dirs = dirs();
+    let run_dir = TempDir::new("run");
+    let socket = run_dir.0.join("agent.sock");
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let runner = s.spawn(|| run_agent(&dirs, &socket, &stop));
+        let stopper = StopOnDrop(&stop);
+        wait_for("the socket", || {
+            weft_api::call(&socket, &Request::Status).is_ok()
+        });
+        // Clients that connect and say nothing, and one that stops half-way through its
+        // request: each would hold a one-request-at-a-time server for its whole timeout.
+        let idle: Vec<UnixStream> = (0..6)
+            .map(|_| UnixStream::connect(&socket).unwrap())
+            .collect();
+        let mut half = UnixStream::connect(&socket).unwrap();
+        half.write_all(b"{\"op\":").unwrap();
+        thread::sleep(Duration::from_millis(300));
+
+        let status = weft_api::call(&socket, &Request::Status);
+        assert!(
+            matches!(status, Ok(Response::Status(_))),
+            "status with idle clients connected: {status:?}"
+        );
+        fs::write(
+            dirs.manifests.0.join("svc.yaml"),
+            service_yaml("web", "10.43.0.10", &["10.42.0.10"]),
+        )
+        .unwrap();
+        wait_for("the new Service to be programmed", || {
+            lb_services(&socket) == Some(1)
+        });
+        drop((idle, half, stopper));
+        let agent = runner.join().unwrap();
+        assert!(
+            agent
+                .datapath()
+                .lb_services
+                .keys()
+                .any(|k| k.address == [10, 43, 0, 10])
+        );
+    });
+}
+
+#[test]
+fn idle_health_check_clients_stall_neither_the_agent_nor_other_checks() {
+    let dirs = dirs();
+    let run_dir = TempDir::new("run");
+    let socket = run_dir.0.join("agent.sock");
+    let port = free_tcp_port();
+    fs::write(
+        dirs.manifests.0.join("web.yaml"),
+        health_checked_service(port),
+    )
+    .unwrap();
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let runner = s.spawn(|| run_agent(&dirs, &socket, &stop));
+        let stopper = StopOnDrop(&stop);
+        wait_for("the health-check port", || {
+            std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+        });
+        let idle: Vec<std::net::TcpStream> = (0..60)
+            .map(|_| std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap())
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+
+        let status = weft_api::call(&socket, &Request::Status);
+        assert!(
+            matches!(status, Ok(Response::Status(_))),
+            "status with idle health-check clients connected: {status:?}"
+        );
+        let mut check = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        check
+            .set_read_timeout(Some(weft_api::CLIENT_TIMEOUT))
+            .unwrap();
+        check.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        check.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        drop((idle, stopper));
+        runner.join().unwrap();
+    });
 }

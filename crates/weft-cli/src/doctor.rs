@@ -1,7 +1,7 @@
 //! `weft doctor`: finds what fights the datapath on a lab's nodes — kube-proxy's or kube-router's
 //! (svclb's) rules, masquerade of pod-to-pod traffic, programs not Weft's on the external
-//! device, an MTU that cannot carry the encapsulation, an agent that is not ready — and says
-//! what to do. The seed's lesson as a command: the datapath must be the only thing handling
+//! device, an MTU that cannot carry the encapsulation, an agent that is not ready or degraded
+//! (Services its maps have no room for) — and says what to do. The seed's lesson as a command: the datapath must be the only thing handling
 //! service traffic.
 
 mod findings;
@@ -20,7 +20,8 @@ use crate::{
     status,
 };
 use findings::{
-    Finding, Severity, foreign_programs, iptables_findings, mtu_findings, nftables_findings,
+    Finding, Severity, foreign_programs, iptables_findings, lb_map_findings, mtu_findings,
+    nftables_findings, reconcile_findings,
 };
 
 /// The external device of a lab node.
@@ -114,13 +115,14 @@ fn examine(topology: &Topology, node: &NodeSpec, pod_cidr: &str) -> Vec<Finding>
     out
 }
 
-/// The agent's health as findings; the pods' MTU when the agent answered.
+/// The agent's health as findings: not ready, Services its maps have no room for, steps of
+/// its last pass that failed; the pods' MTU when the agent answered.
 fn agent_findings(topology: &Topology, node: &NodeSpec, out: &mut Vec<Finding>) -> Option<u32> {
     let health = status::probe(
         &node.name,
         &runtime::agent_socket(&topology.name, &node.name),
     );
-    if !health.healthy() {
+    if !health.ready() {
         out.push(Finding {
             severity: Severity::Problem,
             what: format!(
@@ -130,7 +132,12 @@ fn agent_findings(topology: &Topology, node: &NodeSpec, out: &mut Vec<Finding>) 
             fix: "see `weft status` and the agent's log".to_string(),
         });
     }
-    health.status.map(|s| s.mtu)
+    let status = health.status?;
+    if let Some(lb) = &status.lb {
+        out.extend(lb_map_findings(lb));
+    }
+    out.extend(reconcile_findings(&status.degraded));
+    Some(status.mtu)
 }
 
 fn unchecked(what: &str, error: &anyhow::Error) -> Finding {

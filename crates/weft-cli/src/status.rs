@@ -3,7 +3,7 @@
 use std::{path::Path, process::ExitCode};
 
 use serde::Serialize;
-use weft_api::{AgentStatus, Request, Response};
+use weft_api::{AgentStatus, LbStatus, Request, Response};
 use weft_lab::runtime::agent_socket;
 
 use crate::nodes::{NodeArgs, Output, select_nodes};
@@ -23,8 +23,18 @@ pub struct NodeHealth {
 }
 
 impl NodeHealth {
-    pub fn healthy(&self) -> bool {
+    /// Reachable, ready and answering without error: the agent runs the node.
+    pub fn ready(&self) -> bool {
         self.reachable && self.ready && self.error.is_none()
+    }
+
+    /// Ready, but not doing all it is asked to (see [`AgentStatus::degraded`]).
+    pub fn degraded(&self) -> bool {
+        self.status.as_ref().is_some_and(AgentStatus::is_degraded)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.ready() && !self.degraded()
     }
 }
 
@@ -93,9 +103,19 @@ fn health_of(
     health
 }
 
+/// Where continuation lines of a value start.
+const INDENT: &str = "              ";
+
 /// `cilium status`-like lines of one node.
 pub fn health_text(h: &NodeHealth) -> String {
+    let reasons: Vec<&str> = (h.status.iter())
+        .flat_map(|s| &s.degraded)
+        .map(|d| d.reason.as_str())
+        .collect();
     let agent = match (h.reachable, h.ready, &h.error) {
+        (true, true, None) if !reasons.is_empty() => {
+            format!("Degraded (ready): {}", reasons.join(&format!("\n{INDENT}")))
+        }
         (true, true, None) => "Ok (ready)".to_string(),
         (false, _, Some(e)) => format!("UNREACHABLE: {e}"),
         (false, _, None) => "UNREACHABLE".to_string(),
@@ -117,7 +137,7 @@ pub fn status_lines(s: &AgentStatus) -> String {
     } else {
         format!("{} ({})", s.attached.len(), s.attached.join(", "))
     };
-    [
+    let mut lines = vec![
         ("Node name:", s.node.clone()),
         ("Pod CIDR:", s.pod_cidr.clone()),
         ("Gateway:", s.gateway.to_string()),
@@ -126,15 +146,62 @@ pub fn status_lines(s: &AgentStatus) -> String {
         ("Endpoints:", s.endpoints.to_string()),
         ("Datapath:", format!("programs attached: {attached}")),
         ("Services:", s.north_south.clone()),
-    ]
-    .iter()
-    .map(|(k, v)| format!("  {k:<12}{v}\n"))
-    .collect()
+    ];
+    if let Some(lb) = &s.lb {
+        lines.push(("Programmed:", programmed_text(lb)));
+        lines.push(("LB maps:", lb_maps_text(lb)));
+    }
+    lines
+        .iter()
+        .map(|(k, v)| format!("  {k:<12}{v}\n"))
+        .collect()
+}
+
+/// The Services programmed and those refused.
+fn programmed_text(lb: &LbStatus) -> String {
+    let mut out = format!("{} Services ({} frontends)", lb.services, lb.frontends);
+    if lb.refused == 0 {
+        return out;
+    }
+    let named: Vec<String> = (lb.refused_first.iter())
+        .map(|r| format!("{} ({})", r.service, r.map))
+        .collect();
+    out.push_str(&format!("; {} refused: {}", lb.refused, named.join(", ")));
+    let more = lb.refused - lb.refused_first.len().min(lb.refused);
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
+/// One line per map: use, room, what the Services need when it is more, the configured size
+/// when the pinned map has another.
+fn lb_maps_text(lb: &LbStatus) -> String {
+    let lines: Vec<String> = lb
+        .maps
+        .iter()
+        .map(|m| {
+            let mut line = format!("{} {}/{} {}", m.map, m.used, m.room, m.unit);
+            if m.wanted > m.used {
+                line.push_str(&format!(", the Services need {}", m.wanted));
+            }
+            if m.differs_from_config() {
+                line.push_str(&format!(
+                    " (bpf.lbMapMax asks {} entries; the pinned map has {})",
+                    m.configured, m.max_entries
+                ));
+            }
+            line
+        })
+        .collect();
+    lines.join(&format!("\n{INDENT}"))
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+
+    use weft_api::{Degraded, DegradedCause, LbMapStatus, RefusedService};
 
     use super::*;
 
@@ -149,7 +216,94 @@ mod tests {
             attached: vec!["from-netdev@eth0".into(), "from-container@lxc1".into()],
             ready,
             north_south: "SNAT: replies return through the node that received the request".into(),
+            degraded: Vec::new(),
+            lb: None,
         }
+    }
+
+    fn map(name: &str, used: u64, room: u64, wanted: u64, refused: usize) -> LbMapStatus {
+        LbMapStatus {
+            map: name.into(),
+            unit: "entries".into(),
+            used,
+            room,
+            max_entries: room as u32,
+            configured: 300,
+            wanted,
+            refused,
+        }
+    }
+
+    fn refusing() -> AgentStatus {
+        let reason = "120 of 400 Services are not programmed (none of their entries is \
+                      written): weft_lb4_services has room for 300 entries, the Services need \
+                      800; bpf.lbMapMax 800 would hold them all";
+        AgentStatus {
+            degraded: vec![Degraded {
+                cause: DegradedCause::LbMapsFull,
+                reason: reason.into(),
+            }],
+            lb: Some(LbStatus {
+                services: 280,
+                frontends: 280,
+                refused: 120,
+                refused_first: vec![RefusedService {
+                    service: "default/s280".into(),
+                    map: "weft_lb4_services".into(),
+                }],
+                lb_map_max: 300,
+                lb_map_max_needed: Some(800),
+                maps: vec![
+                    map("weft_lb4_services", 299, 300, 800, 120),
+                    map("weft_lb4_backends", 280, 300, 280, 0),
+                ],
+            }),
+            ..status(true)
+        }
+    }
+
+    #[test]
+    fn refused_services_make_the_agent_degraded_with_the_reason() {
+        let h = health_of("vps1", Path::new("/s"), Ok(Response::Status(refusing())));
+        assert!(h.ready() && h.degraded() && !h.healthy());
+        let text = health_text(&h);
+        assert!(
+            text.contains("  Agent:      Degraded (ready): 120 of 400 Services are not programmed"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  Programmed: 280 Services (280 frontends); 120 refused: default/s280 \
+                 (weft_lb4_services) and 119 more\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  LB maps:    weft_lb4_services 299/300 entries, the Services need 800\n\
+                 \x20             weft_lb4_backends 280/300 entries\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&h).expect("json");
+        assert_eq!(json["status"]["degraded"][0]["cause"], "lb-maps-full");
+        assert_eq!(json["status"]["lb"]["refused"], 120);
+    }
+
+    #[test]
+    fn a_pinned_map_of_another_size_than_configured_is_shown() {
+        let mut s = refusing();
+        if let Some(lb) = &mut s.lb {
+            lb.maps[1].configured = 1000;
+        }
+        let text = status_lines(&s);
+        assert!(
+            text.contains(
+                "weft_lb4_backends 280/300 entries (bpf.lbMapMax asks 1000 entries; the pinned \
+                 map has 300)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

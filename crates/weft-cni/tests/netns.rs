@@ -292,6 +292,8 @@ fn answer(request: Request, refuse_register: bool) -> Response {
             attached: vec![],
             ready: true,
             north_south: String::new(),
+            degraded: Vec::new(),
+            lb: None,
         }),
         Request::ConntrackGc => Response::Error(ApiFailure {
             code: 999,

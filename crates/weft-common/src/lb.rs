@@ -142,11 +142,17 @@ pub struct Lb4SockRevNat {
     pub rev_nat_index: u16,
 }
 
+/// Sizes the object declares for the load-balancer maps; the agent creates them with
+/// `bpf.lbMapMax` entries instead (the maps indexed by service id with at most 65,536), and reads
+/// back the size each map has.
+///
 /// Entries of `weft_lb4_services` (service entries plus backend slots).
 pub const LB4_SERVICES_MAX: u32 = 65_536;
 pub const LB4_BACKENDS_MAX: u32 = 65_536;
 /// Service ids are u16 and 0 means none: the reverse-NAT array covers every id.
 pub const LB4_REVNAT_MAX: u32 = 65_536;
+/// Inner tables of `weft_lb4_maglev`, keyed by service id.
+pub const LB4_MAGLEV_MAX: u32 = 65_536;
 pub const LB4_AFFINITY_MAX: u32 = 65_536;
 /// LRU: a closed socket's entry is never looked up again (cookies are not reused) and ages out.
 pub const LB4_SOCK_REVNAT_MAX: u32 = 262_144;

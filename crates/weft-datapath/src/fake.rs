@@ -9,18 +9,21 @@ use anyhow::bail;
 use weft_common::{
     CtEntry4, CtKey4, DatapathConfig, EndpointInfo, EndpointKey, Hook, IpcacheEntry,
     Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, NatEntry4,
-    NatKey4, NodeConfig,
-    lb::{LB4_BACKENDS_MAX, LB4_SERVICES_MAX},
+    NatKey4, NodeConfig, maps as names,
 };
-use weft_model::{Ipv4Cidr, desired::Attachment};
+use weft_model::{Ipv4Cidr, desired::Attachment, lb_capacity::LbCapacity};
 
 use crate::Datapath;
 
 /// Behaves like the kernel where it matters to callers: attaching to an interface that does not
 /// exist fails, attaching twice fails, detaching what is not attached fails, deleting an absent
-/// map key succeeds, ipcache keys are canonical prefixes (an [`Ipv4Cidr`] cannot have host bits).
+/// map key succeeds, ipcache keys are canonical prefixes (an [`Ipv4Cidr`] cannot have host bits),
+/// a load-balancer map refuses a new entry when it is full, and the reverse-NAT array an index
+/// past its end, with E2BIG as the kernel does.
 #[derive(Debug, Default)]
 pub struct FakeDatapath {
+    /// The sizes of the load-balancer maps.
+    pub lb_capacity: LbCapacity,
     pub interfaces: BTreeSet<String>,
     pub attached: BTreeSet<Attachment>,
     pub config: DatapathConfig,
@@ -197,8 +200,14 @@ impl Datapath for FakeDatapath {
         Ok(self.lb_services.clone())
     }
 
+    fn lb_capacity(&self) -> anyhow::Result<LbCapacity> {
+        Ok(self.lb_capacity)
+    }
+
     fn put_lb_service(&mut self, key: Lb4Key, value: Lb4Service) -> anyhow::Result<()> {
-        put_bounded(&mut self.lb_services, key, value, LB4_SERVICES_MAX)?;
+        let max = self.lb_capacity.services;
+        put_bounded(&mut self.lb_services, key, value, max)
+            .map_err(|e| e.context(format!("writing {}[{key:?}]", names::LB4_SERVICES)))?;
         self.log.push(format!("put service {key:?}"));
         Ok(())
     }
@@ -215,7 +224,9 @@ impl Datapath for FakeDatapath {
     }
 
     fn put_lb_backend(&mut self, id: u32, backend: Lb4Backend) -> anyhow::Result<()> {
-        put_bounded(&mut self.lb_backends, id, backend, LB4_BACKENDS_MAX)?;
+        let max = self.lb_capacity.backends;
+        put_bounded(&mut self.lb_backends, id, backend, max)
+            .map_err(|e| e.context(format!("writing {}[{id}]", names::LB4_BACKENDS)))?;
         self.log.push(format!("put backend {id}"));
         Ok(())
     }
@@ -232,6 +243,9 @@ impl Datapath for FakeDatapath {
     }
 
     fn set_lb_revnat(&mut self, id: u16, entry: Lb4RevNat) -> anyhow::Result<()> {
+        if u32::from(id) >= self.lb_capacity.revnat {
+            return Err(e2big().context(format!("writing {}[{id}]", names::LB4_REVNAT)));
+        }
         if entry == Lb4RevNat::default() {
             self.lb_revnat.remove(&id);
         } else {
@@ -246,7 +260,9 @@ impl Datapath for FakeDatapath {
     }
 
     fn put_maglev_table(&mut self, id: u16, table: &[u32]) -> anyhow::Result<()> {
-        self.maglev.insert(id, table.to_vec());
+        let max = self.lb_capacity.maglev;
+        put_bounded(&mut self.maglev, id, table.to_vec(), max)
+            .map_err(|e| e.context(format!("writing {}[{id}]", names::LB4_MAGLEV)))?;
         self.log.push(format!("put maglev {id}"));
         Ok(())
     }
@@ -310,7 +326,8 @@ impl Datapath for FakeDatapath {
     }
 }
 
-/// Inserts as a kernel hash map of `max` entries would: a new key fails when it is full.
+/// Inserts as a kernel hash map of `max` entries would: a new key fails with E2BIG when it is
+/// full.
 fn put_bounded<K: Ord, V>(
     map: &mut BTreeMap<K, V>,
     key: K,
@@ -318,10 +335,15 @@ fn put_bounded<K: Ord, V>(
     max: u32,
 ) -> anyhow::Result<()> {
     if !map.contains_key(&key) && map.len() >= max as usize {
-        bail!("the map is full ({max} entries)");
+        return Err(e2big());
     }
     map.insert(key, value);
     Ok(())
+}
+
+/// The kernel's answer to a write into a full map: "Argument list too long".
+fn e2big() -> anyhow::Error {
+    std::io::Error::from_raw_os_error(libc::E2BIG).into()
 }
 
 #[cfg(test)]
@@ -421,6 +443,36 @@ mod tests {
         };
         dp.set_node(node).unwrap();
         assert!(dp.node().unwrap().is_configured());
+    }
+
+    #[test]
+    fn full_load_balancer_maps_refuse_new_entries_as_the_kernel_does() {
+        let mut dp = FakeDatapath {
+            lb_capacity: LbCapacity::for_lb_map_max(16),
+            ..FakeDatapath::default()
+        };
+        for id in 1..=16 {
+            dp.put_lb_backend(id, Lb4Backend::default()).unwrap();
+            dp.put_maglev_table(id as u16, &[id]).unwrap();
+        }
+        let err = dp.put_lb_backend(17, Lb4Backend::default()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "writing weft_lb4_backends[17]: Argument list too long (os error 7)"
+        );
+        dp.put_lb_backend(16, Lb4Backend::default())
+            .expect("replacing an entry needs no room");
+        assert!(dp.put_maglev_table(17, &[1]).is_err());
+        dp.set_lb_revnat(15, Lb4RevNat::default()).unwrap();
+        let err = dp.set_lb_revnat(16, Lb4RevNat::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("Argument list too long"),
+            "{err:#}"
+        );
+        dp.delete_lb_backend(1).unwrap();
+        dp.put_lb_backend(17, Lb4Backend::default())
+            .expect("a deletion makes room");
+        assert_eq!(dp.lb_capacity().unwrap().services, 16);
     }
 
     #[test]

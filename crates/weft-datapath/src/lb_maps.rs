@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use anyhow::anyhow;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, HashOfMaps, Map, MapData},
@@ -13,6 +14,7 @@ use weft_common::{
     CtEntry4, CtKey4, Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service,
     maps as names,
 };
+use weft_model::lb_capacity::LbCapacity;
 
 use crate::maps::{ignore_absent, pinned_map, taken_map};
 
@@ -26,6 +28,8 @@ pub struct LbMaps {
     affinity: HashMap<MapData, Lb4AffinityKey, Lb4AffinityEntry>,
     ct: HashMap<MapData, CtKey4, CtEntry4>,
     maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
+    /// Read from the kernel when the maps are opened (a map's size never changes).
+    capacity: LbCapacity,
 }
 
 impl LbMaps {
@@ -40,14 +44,28 @@ impl LbMaps {
     }
 
     fn collect(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<LbMaps> {
+        let (services, backends) = (get(names::LB4_SERVICES)?, get(names::LB4_BACKENDS)?);
+        let (revnat, maglev) = (get(names::LB4_REVNAT)?, get(names::LB4_MAGLEV)?);
+        let capacity = LbCapacity {
+            services: max_entries(&services, names::LB4_SERVICES)?,
+            backends: max_entries(&backends, names::LB4_BACKENDS)?,
+            revnat: max_entries(&revnat, names::LB4_REVNAT)?,
+            maglev: max_entries(&maglev, names::LB4_MAGLEV)?,
+        };
         Ok(LbMaps {
-            services: HashMap::try_from(get(names::LB4_SERVICES)?).context(names::LB4_SERVICES)?,
-            backends: HashMap::try_from(get(names::LB4_BACKENDS)?).context(names::LB4_BACKENDS)?,
-            revnat: Array::try_from(get(names::LB4_REVNAT)?).context(names::LB4_REVNAT)?,
+            services: HashMap::try_from(services).context(names::LB4_SERVICES)?,
+            backends: HashMap::try_from(backends).context(names::LB4_BACKENDS)?,
+            revnat: Array::try_from(revnat).context(names::LB4_REVNAT)?,
             affinity: HashMap::try_from(get(names::LB4_AFFINITY)?).context(names::LB4_AFFINITY)?,
             ct: HashMap::try_from(get(names::CT4)?).context(names::CT4)?,
-            maglev: HashOfMaps::try_from(get(names::LB4_MAGLEV)?).context(names::LB4_MAGLEV)?,
+            maglev: HashOfMaps::try_from(maglev).context(names::LB4_MAGLEV)?,
+            capacity,
         })
+    }
+
+    /// The maps' sizes, as the kernel reported them when they were opened.
+    pub fn capacity(&self) -> LbCapacity {
+        self.capacity
     }
 
     pub fn put_service(&mut self, key: Lb4Key, value: Lb4Service) -> anyhow::Result<()> {
@@ -153,6 +171,18 @@ impl LbMaps {
     }
 }
 
+/// `max_entries` of a map, from the kernel (`BPF_OBJ_GET_INFO_BY_FD`).
+fn max_entries(map: &Map, name: &str) -> anyhow::Result<u32> {
+    let data = match map {
+        Map::HashMap(data) | Map::Array(data) | Map::HashOfMaps(data) => data,
+        _ => return Err(anyhow!("{name} is not of the expected type")),
+    };
+    let info = data
+        .info()
+        .with_context(|| format!("reading the size of {name}"))?;
+    Ok(info.max_entries())
+}
+
 fn read_all<K, V>(
     entries: impl Iterator<Item = Result<(K, V), aya::maps::MapError>>,
     map: &str,
@@ -160,4 +190,59 @@ fn read_all<K, V>(
     entries
         .map(|e| e.with_context(|| format!("reading {map}")))
         .collect()
+}
+
+#[cfg(test)]
+mod root_tests {
+    use weft_model::lb_capacity::LbMap;
+
+    use super::*;
+    use crate::{Datapath, NodeDatapath, bpffs::TempPinDir, running_as_root};
+
+    fn backend(n: u8) -> Lb4Backend {
+        Lb4Backend {
+            address: [10, 42, 0, n],
+            port: 8080,
+            proto: 6,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn lb_maps_are_created_with_the_asked_size_and_pinned_ones_keep_theirs() {
+        let test = "lb_maps_are_created_with_the_asked_size_and_pinned_ones_keep_theirs";
+        if !running_as_root(test) {
+            return;
+        }
+        let pins = TempPinDir::new("weft-test").unwrap();
+        let asked = LbCapacity::for_lb_map_max(16);
+        let mut dp = NodeDatapath::open_sized(pins.path(), 16, &asked).unwrap();
+        assert_eq!(dp.lb_capacity().unwrap(), asked);
+        for id in 1..=16u32 {
+            dp.put_lb_backend(id, backend(id as u8)).unwrap();
+        }
+        let err = dp.put_lb_backend(17, backend(17)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("Argument list too long"),
+            "a full map refuses a new key with E2BIG: {err:#}"
+        );
+        dp.set_lb_revnat(15, Lb4RevNat::default()).unwrap();
+        assert!(
+            dp.set_lb_revnat(16, Lb4RevNat::default()).is_err(),
+            "index 16 is past the end of a 16-entry array"
+        );
+        for id in 1..=16u16 {
+            dp.put_maglev_table(id, &[1]).unwrap();
+        }
+        assert!(dp.put_maglev_table(17, &[1]).is_err());
+
+        // A restarted agent asking for other sizes adopts the pinned maps as they are.
+        drop(dp);
+        let dp =
+            NodeDatapath::open_sized(pins.path(), 1000, &LbCapacity::for_lb_map_max(1000)).unwrap();
+        assert_eq!(dp.lb_capacity().unwrap(), asked);
+        assert_eq!(dp.lb_backends().unwrap().len(), 16);
+        let from_pins = LbMaps::from_pins(pins.path()).unwrap().capacity();
+        assert_eq!(from_pins.max_entries(LbMap::Services), 16);
+    }
 }

@@ -37,6 +37,7 @@ use weft_model::{
         Attachment, AttachmentChanges, Endpoint, ExternalDevice, attachment_changes,
         desired_attachments,
     },
+    lb_capacity::LbCapacity,
 };
 
 /// The seam between Weft's logic and the kernel.
@@ -65,6 +66,8 @@ pub trait Datapath {
     /// Deleting an absent prefix succeeds.
     fn delete_ipcache(&mut self, cidr: Ipv4Cidr) -> anyhow::Result<()>;
 
+    /// The sizes of the service load-balancer maps, as the kernel has them.
+    fn lb_capacity(&self) -> anyhow::Result<LbCapacity>;
     /// `weft_lb4_services`: service entries and their backend slots.
     fn lb_services(&self) -> anyhow::Result<BTreeMap<Lb4Key, Lb4Service>>;
     fn put_lb_service(&mut self, key: Lb4Key, value: Lb4Service) -> anyhow::Result<()>;

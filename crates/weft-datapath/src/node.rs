@@ -22,11 +22,15 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
+use weft_common::lb::LB4_AFFINITY_MAX;
 use weft_common::{
     CtEntry4, CtKey4, DatapathConfig, Hook, Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key,
     Lb4RevNat, Lb4Service, NatEntry4, NatKey4, maps as names,
 };
-use weft_model::desired::Attachment;
+use weft_model::{
+    desired::Attachment,
+    lb_capacity::{LbCapacity, LbMap},
+};
 
 use crate::{
     Datapath, DatapathMaps, LbMaps,
@@ -42,8 +46,24 @@ pub struct NodeDatapath {
 
 impl NodeDatapath {
     /// Loads the programs, creating the node's maps in `pin_dir` or adopting those already
-    /// pinned there.
+    /// pinned there; the load-balancer maps it creates have the object's sizes.
     pub fn open(pin_dir: &Path) -> anyhow::Result<NodeDatapath> {
+        NodeDatapath::open_sized(pin_dir, LB4_AFFINITY_MAX, &LbCapacity::default())
+    }
+
+    /// [`NodeDatapath::open`], creating the load-balancer maps with `lb` entries each and the
+    /// affinity map with `affinity` (`bpf.lbMapMax`).
+    ///
+    /// A map already pinned is adopted as it is, whatever its size: the kernel cannot resize
+    /// a map, and the attached programs use the pinned ones, so replacing them would take the
+    /// node's services away until every program is attached again. [`Datapath::lb_capacity`]
+    /// says the size in force; a new size takes effect when the node's pins are removed
+    /// (README.md, "Capacity").
+    pub fn open_sized(
+        pin_dir: &Path,
+        affinity: u32,
+        lb: &LbCapacity,
+    ) -> anyhow::Result<NodeDatapath> {
         check_pinned_layouts(pin_dir)?;
         let links = links_dir(pin_dir);
         fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
@@ -51,6 +71,10 @@ impl NodeDatapath {
         for name in names::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
         }
+        for map in LbMap::ALL {
+            loader.map_max_entries(map.name(), lb.max_entries(map));
+        }
+        loader.map_max_entries(names::LB4_AFFINITY, affinity);
         let mut ebpf = loader.load(BPF_OBJECT).with_context(|| {
             format!("loading the BPF object with maps in {}", pin_dir.display())
         })?;
@@ -324,6 +348,10 @@ impl Datapath for NodeDatapath {
 
     fn delete_prefilter(&mut self, cidr: weft_model::Ipv4Cidr) -> anyhow::Result<()> {
         DatapathMaps::from_pins(&self.pin_dir)?.delete_prefilter(cidr)
+    }
+
+    fn lb_capacity(&self) -> anyhow::Result<LbCapacity> {
+        Ok(self.lb.capacity())
     }
 
     fn lb_services(&self) -> anyhow::Result<BTreeMap<Lb4Key, Lb4Service>> {

@@ -15,7 +15,8 @@ use weft_common::{
     endpoint::ENDPOINTS_MAX,
     ipcache::IPCACHE_MAX,
     lb::{
-        LB4_AFFINITY_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_SERVICES_MAX, LB4_SOCK_REVNAT_MAX,
+        LB4_AFFINITY_MAX, LB4_BACKENDS_MAX, LB4_MAGLEV_MAX, LB4_REVNAT_MAX, LB4_SERVICES_MAX,
+        LB4_SOCK_REVNAT_MAX,
     },
     nat::SNAT_MAX,
     prefilter::PREFILTER_MAX,
@@ -102,7 +103,10 @@ pub static LB4_SOCK_REVNAT: LruHashMap<Lb4SockKey, Lb4SockRevNat> =
 /// length is the cluster's `maglev.tableSize`. `BPF_F_INNER_MAP` lets the agent size the inner
 /// arrays at run time instead of at build time.
 #[btf_map(name = "weft_lb4_maglev")]
-pub static LB4_MAGLEV: HashOfMaps<u32, BtfArray<u32, 16381, { BPF_F_INNER_MAP }>, 65536> =
-    HashOfMaps::new();
+pub static LB4_MAGLEV: HashOfMaps<
+    u32,
+    BtfArray<u32, 16381, { BPF_F_INNER_MAP }>,
+    { LB4_MAGLEV_MAX as usize },
+> = HashOfMaps::new();
 
 const BPF_F_INNER_MAP: usize = 0x1000;

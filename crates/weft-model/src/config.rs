@@ -175,11 +175,60 @@ impl TryFrom<String> for NodePortRange {
 pub struct BpfConfig {
     /// Masquerade pod traffic leaving the cluster with BPF SNAT (`bpf.masquerade`).
     pub masquerade: bool,
+    /// Entries of the service load-balancer maps (`bpf.lbMapMax`).
+    pub lb_map_max: LbMapMax,
 }
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        BpfConfig { masquerade: true }
+        BpfConfig {
+            masquerade: true,
+            lb_map_max: LbMapMax::default(),
+        }
+    }
+}
+
+/// `bpf.lbMapMax` (Cilium's key, 65536 by default as in Cilium): how many entries the service
+/// load-balancer maps are created with — services (a frontend's entry and one per backend
+/// slot), backends, affinity; the reverse-NAT array and the Maglev outer map, indexed by
+/// service id (16 bits), take at most 65,536 of them. Maps keep the size they were created
+/// with while they are pinned (README.md, "Capacity").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct LbMapMax(u32);
+
+impl LbMapMax {
+    /// The smallest size accepted: room for a few services, as tests use.
+    pub const MIN: u32 = 16;
+    /// The largest: 16 Mi entries, about 1 GiB of kernel memory for the services map alone.
+    pub const MAX: u32 = 1 << 24;
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for LbMapMax {
+    fn default() -> Self {
+        LbMapMax(65_536)
+    }
+}
+
+impl TryFrom<u64> for LbMapMax {
+    type Error = String;
+
+    fn try_from(size: u64) -> Result<Self, String> {
+        u32::try_from(size)
+            .ok()
+            .filter(|s| (LbMapMax::MIN..=LbMapMax::MAX).contains(s))
+            .map(LbMapMax)
+            .ok_or_else(|| {
+                format!(
+                    "bpf.lbMapMax {size} is not between {} and {}",
+                    LbMapMax::MIN,
+                    LbMapMax::MAX
+                )
+            })
     }
 }
 
@@ -622,6 +671,30 @@ mod tests {
         assert_eq!(c.ipam.operator.cluster_pool_ipv4_mask_size, 25);
         let err = ClusterConfig::from_yaml("bpf: {masquerad: true}\n").unwrap_err();
         assert!(err.to_string().contains("masquerad"), "{err}");
+    }
+
+    #[test]
+    fn lb_map_max_defaults_as_in_cilium_and_is_bounded() {
+        let c = ClusterConfig::from_yaml("").unwrap();
+        assert_eq!(c.bpf.lb_map_max.get(), 65_536);
+        let c = ClusterConfig::from_yaml("bpf: {lbMapMax: 300}").unwrap();
+        assert_eq!(c.bpf.lb_map_max.get(), 300);
+        assert!(c.bpf.masquerade, "the other bpf keys keep their defaults");
+        for bad in ["15", "0", "16777217", "4294967296"] {
+            let err = ClusterConfig::from_yaml(&format!("bpf: {{lbMapMax: {bad}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "bpf.lbMapMax {bad} is not between 16 and 16777216"
+                )),
+                "{bad}: {err}"
+            );
+        }
+        for bad in ["-1", "many", "1.5"] {
+            let err = ClusterConfig::from_yaml(&format!("bpf: {{lbMapMax: {bad}}}"));
+            assert!(err.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -260,8 +260,17 @@ pub enum BackendState {
 impl LbState {
     /// Every backend of every frontend, once: the contents of the backends map.
     pub fn backends(&self) -> BTreeMap<BackendKey, BackendState> {
+        self.backends_where(|_, _| true)
+    }
+
+    /// [`LbState::backends`] of the frontends `keep` selects.
+    pub fn backends_where(
+        &self,
+        keep: impl Fn(&Frontend, &ServiceLb) -> bool,
+    ) -> BTreeMap<BackendKey, BackendState> {
+        let kept = || self.frontends.iter().filter(|(f, lb)| keep(f, lb));
         let mut out = BTreeMap::new();
-        for lb in self.frontends.values() {
+        for (_, lb) in kept() {
             let internal = lb.internal.as_ref();
             let terminating = internal.map(|i| i.backends_terminating.as_slice());
             for b in lb
@@ -272,7 +281,7 @@ impl LbState {
                 out.insert(b.key(), BackendState::Terminating);
             }
         }
-        for lb in self.frontends.values() {
+        for (_, lb) in kept() {
             let active = lb.internal.as_ref().map(|i| i.backends_active.as_slice());
             for b in lb.backends_active.iter().chain(active.unwrap_or(&[])) {
                 out.insert(b.key(), BackendState::Active);
@@ -658,16 +667,33 @@ pub enum LbIdError {
 /// Ids for every frontend and backend of `desired`: those `previous` gave keep theirs; ids of
 /// what is no longer desired are free again; what is new gets the smallest free id.
 pub fn assign_ids(desired: &LbState, previous: &LbIds) -> Result<LbIds, LbIdError> {
+    assign_admitted_ids(desired, |_| true, previous, u16::MAX)
+}
+
+/// [`assign_ids`] for the frontends of `desired` whose load balancing `admitted` accepts, and
+/// their backends, with service ids up to `max_service_id` (the last index of the reverse-NAT
+/// array). The other frontends get no id, which leaves them out of
+/// [`lb_map_contents`](crate::lb_maps::lb_map_contents).
+pub fn assign_admitted_ids(
+    desired: &LbState,
+    admitted: impl Fn(&ServiceLb) -> bool,
+    previous: &LbIds,
+    max_service_id: u16,
+) -> Result<LbIds, LbIdError> {
     let entries: BTreeSet<ScopedFrontend> = desired
         .frontends
         .iter()
+        .filter(|(_, lb)| admitted(lb))
         .flat_map(|(f, lb)| {
             let internal = lb.internal.is_some().then_some((*f, Scope::Internal));
             std::iter::once((*f, Scope::External)).chain(internal)
         })
         .collect();
-    let backends: BTreeSet<BackendKey> = desired.backends().into_keys().collect();
-    let service_max = u64::from(u16::MAX);
+    let backends: BTreeSet<BackendKey> = desired
+        .backends_where(|_, lb| admitted(lb))
+        .into_keys()
+        .collect();
+    let service_max = u64::from(max_service_id);
     let backend_max = u64::from(u32::MAX);
     let services = assign(&entries, &widen(&previous.service_ids()), service_max).ok_or(
         LbIdError::ServiceIdsExhausted {

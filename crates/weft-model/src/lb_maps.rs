@@ -76,7 +76,7 @@ pub fn lb_map_contents(state: &LbState, ids: &LbIds) -> LbMapContents {
             scope.write(lb, &mut out);
         }
     }
-    for (key, state) in state.backends() {
+    for (key, state) in state.backends_where(|f, _| ids.services.contains_key(f)) {
         if let Some(&id) = ids.backends.get(&key) {
             out.backends.insert(id, backend_entry(&key, state));
         }

@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod ipcache;
 pub mod k8s;
 pub mod lb;
+pub mod lb_capacity;
 pub mod lb_maps;
 pub mod maglev;
 pub mod service_ip;

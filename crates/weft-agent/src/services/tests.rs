@@ -260,3 +260,129 @@ fn a_failed_pass_is_finished_by_the_next() {
     assert_eq!(dp.lb_services.len(), 5);
     assert!(!pass(&mut maps, &mut dp, &two_services(&["10.42.0.10"])).changed());
 }
+
+fn small_maps(services: u32) -> FakeDatapath {
+    FakeDatapath {
+        lb_capacity: weft_model::lb_capacity::LbCapacity {
+            services,
+            ..weft_model::lb_capacity::LbCapacity::for_lb_map_max(64)
+        },
+        ..FakeDatapath::default()
+    }
+}
+
+fn addresses(dp: &FakeDatapath) -> std::collections::BTreeSet<[u8; 4]> {
+    dp.lb_services.keys().map(|k| k.address).collect()
+}
+
+fn refused_names(maps: &ServiceMaps) -> Vec<String> {
+    maps.room()
+        .refused
+        .iter()
+        .map(|r| r.service.to_string())
+        .collect()
+}
+
+/// a: 2 entries, b: 3, c: 4 (entry and one slot per backend).
+fn three_services(with_a: bool) -> Store {
+    let a = service("a", "10.43.0.10", &["10.42.0.10"]);
+    let b = service("b", "10.43.0.20", &["10.42.1.20", "10.42.1.21"]);
+    let c = service("c", "10.43.0.30", &["10.42.2.1", "10.42.2.2", "10.42.2.3"]);
+    let docs: Vec<String> = if with_a { vec![a, b, c] } else { vec![b, c] };
+    store(&docs)
+}
+
+#[test]
+fn services_that_do_not_fit_are_refused_whole_and_the_others_programmed() {
+    let mut dp = small_maps(6);
+    let mut maps = ServiceMaps::default();
+    let report = maps
+        .reconcile(&mut dp, &three_services(true), "vps1", &maglev())
+        .expect("no write meets a full map");
+    assert_eq!(
+        addresses(&dp),
+        [[10, 43, 0, 10], [10, 43, 0, 20]].into(),
+        "a and b programmed, nothing of c"
+    );
+    assert_eq!(dp.lb_services.len(), 5);
+    assert_eq!(dp.lb_backends.len(), 3, "no backend of c");
+    assert_eq!((dp.maglev.len(), dp.lb_revnat.len()), (2, 2));
+    assert_eq!((report.frontends, report.refused), (2, 1));
+    assert_eq!(refused_names(&maps), ["default/c"]);
+    assert_eq!(maps.room().services, 2);
+    let reason = maps.refusal_reason().expect("a reason");
+    assert_eq!(
+        reason,
+        "1 of 3 Services are not programmed (none of their entries is written): \
+         weft_lb4_services has room for 6 entries, the Services need 9; \
+         bpf.lbMapMax 16 would hold them all"
+    );
+    let again = maps
+        .reconcile(&mut dp, &three_services(true), "vps1", &maglev())
+        .unwrap();
+    assert!(
+        !again.changed(),
+        "a refused Service is not retried write by write"
+    );
+}
+
+#[test]
+fn a_refused_service_is_programmed_once_room_frees_up() {
+    let mut dp = small_maps(7);
+    let mut maps = ServiceMaps::default();
+    maps.reconcile(&mut dp, &three_services(true), "vps1", &maglev())
+        .unwrap();
+    assert_eq!(refused_names(&maps), ["default/c"]);
+    // a goes: its 2 entries are deleted, then c's 4 fit next to b's 3, in the same reconcile.
+    let report = maps
+        .reconcile(&mut dp, &three_services(false), "vps1", &maglev())
+        .unwrap();
+    assert_eq!((report.frontends, report.refused), (2, 0));
+    assert_eq!(addresses(&dp), [[10, 43, 0, 20], [10, 43, 0, 30]].into());
+    assert_eq!(dp.lb_services.len(), 7);
+    assert!(maps.refusal_reason().is_none());
+    let status = maps.status(64).expect("status after a pass");
+    assert_eq!((status.services, status.refused), (2, 0));
+    let services_map = &status.maps[0];
+    assert_eq!(services_map.map, "weft_lb4_services");
+    assert_eq!(
+        (services_map.used, services_map.room, services_map.wanted),
+        (7, 7, 7)
+    );
+    assert!(
+        services_map.differs_from_config(),
+        "7 entries, 64 configured"
+    );
+}
+
+#[test]
+fn a_programmed_service_keeps_its_place_when_a_new_one_comes_first_by_name() {
+    let mut dp = small_maps(5);
+    let mut maps = ServiceMaps::default();
+    let z = service("z", "10.43.0.90", &["10.42.0.10", "10.42.0.11"]);
+    maps.reconcile(&mut dp, &store(std::slice::from_ref(&z)), "vps1", &maglev())
+        .unwrap();
+    let a = service("a", "10.43.0.10", &["10.42.1.10", "10.42.1.11"]);
+    maps.reconcile(&mut dp, &store(&[a, z]), "vps1", &maglev())
+        .unwrap();
+    assert_eq!(refused_names(&maps), ["default/a"]);
+    assert_eq!(addresses(&dp), [[10, 43, 0, 90]].into());
+}
+
+#[test]
+fn refused_services_get_no_health_check_port() {
+    let edge = |name: &str, ip: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  type: NodePort\n  clusterIP: {ip}\n  externalTrafficPolicy: Local\n  \
+             healthCheckNodePort: {port}\n  ports:\n  - {{port: 80, nodePort: {port}0, protocol: TCP}}\n"
+        )
+    };
+    let mut dp = small_maps(1);
+    let mut maps = ServiceMaps::default();
+    let both = store(&[edge("a", "10.43.0.1", 3001), edge("b", "10.43.0.2", 3002)]);
+    maps.reconcile(&mut dp, &both, "vps1", &maglev()).unwrap();
+    assert_eq!(refused_names(&maps), ["default/b"]);
+    let ports: Vec<u16> = maps.health_checks().map(|h| h.port).collect();
+    assert_eq!(ports, [3001]);
+}

@@ -9,6 +9,7 @@
 //! to do.
 
 use serde::Serialize;
+use weft_api::{Degraded, DegradedCause, LbStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -152,8 +153,82 @@ pub fn mtu_findings(underlay_mtu: u32, pod_mtu: u32, overhead: u32) -> Vec<Findi
     )]
 }
 
+/// Services the load-balancer maps have no room for, and maps whose size is not the one
+/// `bpf.lbMapMax` asks for, in an agent's status.
+pub fn lb_map_findings(lb: &LbStatus) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if lb.refused > 0 {
+        let short: Vec<String> = (lb.maps.iter())
+            .filter(|m| m.wanted > m.room)
+            .map(|m| {
+                format!(
+                    "{} has room for {} {}, the Services need {}",
+                    m.map, m.room, m.unit, m.wanted
+                )
+            })
+            .collect();
+        let why = if short.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", short.join("; "))
+        };
+        let fix = match lb.lb_map_max_needed {
+            Some(needed) => format!(
+                "raise `bpf.lbMapMax` (Cilium's key) to at least {needed} in values.yaml, then \
+                 recreate the node's datapath so that the maps get the new size: pinned maps \
+                 keep theirs (lab: `weft lab down`, then `weft lab up --config values.yaml`)"
+            ),
+            None => "the Services need more than 65,535 service ids, more than any \
+                     `bpf.lbMapMax` gives: spread them over fewer frontends"
+                .to_string(),
+        };
+        out.push(problem(
+            format!(
+                "{} of {} Services are not programmed: none of their entries is written, so \
+                 their addresses do not answer{why}",
+                lb.refused,
+                lb.services + lb.refused
+            ),
+            &fix,
+        ));
+    }
+    let resized: Vec<String> = (lb.maps.iter())
+        .filter(|m| m.differs_from_config())
+        .map(|m| format!("{} has {} entries", m.map, m.max_entries))
+        .collect();
+    if !resized.is_empty() {
+        out.push(problem(
+            format!(
+                "bpf.lbMapMax {} is not in force: {} (the pinned maps keep the size they were \
+                 created with)",
+                lb.lb_map_max,
+                resized.join(", ")
+            ),
+            "recreate the node's datapath so that the maps are created anew (lab: `weft lab \
+             down`, then `weft lab up --config values.yaml`)",
+        ));
+    }
+    out
+}
+
+/// Steps of the agent's last reconcile pass that failed.
+pub fn reconcile_findings(degraded: &[Degraded]) -> Vec<Finding> {
+    degraded
+        .iter()
+        .filter(|d| d.cause == DegradedCause::Reconcile)
+        .map(|d| {
+            problem(
+                format!("the agent is degraded: {}", d.reason),
+                "see `weft status` and the agent's log",
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use weft_api::LbMapStatus;
+
     use super::*;
 
     const KUBE_PROXY: &str = "\
@@ -241,5 +316,91 @@ COMMIT
         let found = mtu_findings(1500, 1500, 58);
         assert_eq!(found.len(), 1);
         assert!(found[0].what.contains("1500 plus 58"));
+    }
+
+    fn lb_status(configured: u32) -> LbStatus {
+        let map = |name: &str, used, wanted| LbMapStatus {
+            map: name.into(),
+            unit: "entries".into(),
+            used,
+            room: 300,
+            max_entries: 300,
+            configured,
+            wanted,
+            refused: 0,
+        };
+        LbStatus {
+            services: 280,
+            frontends: 280,
+            refused: 120,
+            refused_first: Vec::new(),
+            lb_map_max: configured,
+            lb_map_max_needed: Some(800),
+            maps: vec![
+                map("weft_lb4_services", 299, 800),
+                map("weft_lb4_backends", 280, 280),
+            ],
+        }
+    }
+
+    #[test]
+    fn refused_services_are_named_with_the_lb_map_max_that_holds_them() {
+        let found = lb_map_findings(&lb_status(300));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].what.contains(
+                "120 of 400 Services are not programmed: none of their entries is written, so \
+                 their addresses do not answer: weft_lb4_services has room for 300 entries, the \
+                 Services need 800"
+            ),
+            "{}",
+            found[0].what
+        );
+        assert!(
+            found[0]
+                .fix
+                .starts_with("raise `bpf.lbMapMax` (Cilium's key) to at least 800"),
+            "{}",
+            found[0].fix
+        );
+        let mut fine = lb_status(300);
+        fine.refused = 0;
+        assert!(lb_map_findings(&fine).is_empty());
+    }
+
+    #[test]
+    fn a_lb_map_max_the_pinned_maps_do_not_have_is_found() {
+        let mut lb = lb_status(1000);
+        lb.refused = 0;
+        let found = lb_map_findings(&lb);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].what.starts_with(
+                "bpf.lbMapMax 1000 is not in force: weft_lb4_services has 300 entries, \
+                 weft_lb4_backends has 300 entries"
+            ),
+            "{}",
+            found[0].what
+        );
+    }
+
+    #[test]
+    fn failed_reconcile_steps_are_findings_and_full_maps_are_not_twice() {
+        let degraded = [
+            Degraded {
+                cause: DegradedCause::LbMapsFull,
+                reason: "120 of 400 Services".into(),
+            },
+            Degraded {
+                cause: DegradedCause::Reconcile,
+                reason: "health port 30080: address in use".into(),
+            },
+        ];
+        let found = reconcile_findings(&degraded);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].what,
+            "the agent is degraded: health port 30080: address in use"
+        );
     }
 }

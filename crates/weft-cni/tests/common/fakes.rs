@@ -404,6 +404,8 @@ impl FakeAgent {
             },
             ready: self.ready,
             north_south: String::new(),
+            degraded: Vec::new(),
+            lb: None,
         }
     }
 }
