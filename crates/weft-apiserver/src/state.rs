@@ -13,7 +13,7 @@ use crate::{
     admission::{AdmissionHook, AdmissionRequest, Operation, ResourceRef, StoreView},
     config::ServerConfig,
     error::{ApiError, FieldError, Subject},
-    kinds::{crd, pod, service::Allocator},
+    kinds::{crd, pod, service::Allocator, validate},
     meta,
     patch::{self, PatchType},
     registry::{KindRules, Registry, ResourceDef, ResourceId},
@@ -596,6 +596,10 @@ impl State {
         name: &str,
         value: &mut Value,
     ) -> Result<(), ApiError> {
+        let errors = validate::check(t.def.rules, &t.def.kind, value);
+        if !errors.is_empty() {
+            return Err(self.invalid(t, name, errors));
+        }
         match t.def.rules {
             KindRules::Pod => pod::prepare_create(value),
             KindRules::Service => {
@@ -772,6 +776,10 @@ impl State {
     ) -> Result<(), ApiError> {
         if opts.is_status() {
             return Ok(());
+        }
+        let errors = validate::check(t.def.rules, &t.def.kind, new);
+        if !errors.is_empty() {
+            return Err(self.invalid(t, name, errors));
         }
         match t.def.rules {
             KindRules::Pod => pod::check_update(old, new).map_err(|e| self.invalid(t, name, e))?,

@@ -3,3 +3,4 @@
 pub(crate) mod crd;
 pub(crate) mod pod;
 pub(crate) mod service;
+pub(crate) mod validate;
