@@ -782,7 +782,10 @@ impl State {
             return Err(self.invalid(t, name, errors));
         }
         match t.def.rules {
-            KindRules::Pod => pod::check_update(old, new).map_err(|e| self.invalid(t, name, e))?,
+            KindRules::Pod => {
+                pod::default_spec(new);
+                pod::check_update(old, new).map_err(|e| self.invalid(t, name, e))?
+            }
             KindRules::Service => self
                 .allocator
                 .prepare(new, Some(old))

@@ -7,9 +7,16 @@ use crate::{error::FieldError, meta};
 
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
-/// Defaults of a new Pod (the ones kubectl shows and clients read) and the status the apiserver
-/// starts every Pod with.
+/// Defaults of a new Pod and the status the apiserver starts every Pod with.
 pub(crate) fn prepare_create(pod: &mut Value) {
+    default_spec(pod);
+    let qos = qos_class(pod);
+    meta::set(pod, "status", json!({"phase": "Pending", "qosClass": qos}));
+}
+
+/// The spec defaults kubectl shows and clients read; applied on every write, as the apiserver
+/// defaults every decoded object.
+pub(crate) fn default_spec(pod: &mut Value) {
     let spec = meta::object_at(pod, "spec");
     spec.entry("restartPolicy").or_insert(json!("Always"));
     spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
@@ -25,8 +32,6 @@ pub(crate) fn prepare_create(pod: &mut Value) {
             containers.iter_mut().for_each(default_container);
         }
     }
-    let qos = qos_class(pod);
-    meta::set(pod, "status", json!({"phase": "Pending", "qosClass": qos}));
 }
 
 fn default_container(container: &mut Value) {
