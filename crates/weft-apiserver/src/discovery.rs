@@ -129,3 +129,71 @@ pub(crate) fn resource_list(
         resources,
     })
 }
+
+/// `/openapi/v3`: where each group-version's document is.
+pub(crate) fn openapi_v3_index(registry: &Registry) -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for (group, versions) in registry.groups() {
+        for version in versions {
+            let path = if group.is_empty() {
+                format!("api/{version}")
+            } else {
+                format!("apis/{group}/{version}")
+            };
+            paths.insert(
+                path.clone(),
+                serde_json::json!({"serverRelativeURL": format!("/openapi/v3/{path}")}),
+            );
+        }
+    }
+    serde_json::json!({"paths": paths})
+}
+
+/// A group-version's OpenAPI v3 document, reduced to what clients probe: one PATCH operation
+/// per resource, tagged with its group/version/kind and declaring the `fieldValidation`
+/// parameter (kubectl then validates on the server instead of downloading schemas). No
+/// schemas: kubectl computes strategic merge patches of built-ins from its own types.
+pub(crate) fn openapi_v3_document(
+    registry: &Registry,
+    group: &str,
+    version: &str,
+) -> Option<serde_json::Value> {
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    for def in registry
+        .in_group(group)
+        .iter()
+        .filter(|d| d.version(version).is_some())
+    {
+        let item = if def.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", def.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", def.plural)
+        };
+        let patch = serde_json::json!({
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": def.kind},
+            "parameters": [
+                {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                {"name": "force", "in": "query", "schema": {"type": "boolean"}}
+            ],
+            "responses": {"200": {"description": "OK"}}
+        });
+        paths.insert(item, serde_json::json!({"patch": patch}));
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.34.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

@@ -16,7 +16,8 @@ use crate::{
     selector::{FieldSelector, LabelSelector},
     server::{Body, Inner},
     state::{
-        DeleteOptions, Deleted, ListOptions, ListPage, Target, WatchOptions, WriteOptions, render,
+        DeleteOptions, Deleted, FieldValidation, ListOptions, ListPage, State, Target,
+        WatchOptions, WriteOptions, render,
     },
     store::StoredObject,
     table::{IncludeObject, TableRenderer},
@@ -129,6 +130,12 @@ pub(crate) async fn handle(
             &discovery::api_versions(inner.config.advertise_address),
         )),
         ["apis"] => Ok(typed(200, &discovery::group_list(&inner.lock().registry))),
+        ["openapi", "v3"] => Ok(typed(
+            200,
+            &discovery::openapi_v3_index(&inner.lock().registry),
+        )),
+        ["openapi", "v3", "api", version] => openapi_document(&inner, "", version),
+        ["openapi", "v3", "apis", group, version] => openapi_document(&inner, group, version),
         ["api", version] => resource_list(&inner, "", version),
         ["apis", group] => discovery::api_group(&inner.lock().registry, group)
             .map(|g| typed(200, &g))
@@ -157,6 +164,13 @@ fn version_info(inner: &Inner) -> Value {
         "compiler": "rustc",
         "platform": "linux/amd64",
     })
+}
+
+fn openapi_document(inner: &Inner, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
+    let state = inner.lock();
+    discovery::openapi_v3_document(&state.registry, group, version)
+        .map(|doc| typed(200, &doc))
+        .ok_or_else(ApiError::not_found_path)
 }
 
 fn resource_list(inner: &Inner, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
@@ -279,13 +293,21 @@ async fn resource_request(
         }
         (Method::POST, None) => {
             let value = decode_body(headers, &body)?;
-            let object = inner.mutate(|state| state.create(&target, value, &write))?;
-            Ok(object_response(201, &target, &object, want))
+            let (object, warnings) =
+                inner.mutate(|state| warned(state, |s| s.create(&target, value, &write)));
+            Ok(with_warnings(
+                object_response(201, &target, object?.as_ref(), want),
+                warnings,
+            ))
         }
         (Method::PUT, Some(name)) => {
             let value = decode_body(headers, &body)?;
-            let object = inner.mutate(|state| state.update(&target, name, value, &write))?;
-            Ok(object_response(200, &target, &object, want))
+            let (object, warnings) =
+                inner.mutate(|state| warned(state, |s| s.update(&target, name, value, &write)));
+            Ok(with_warnings(
+                object_response(200, &target, object?.as_ref(), want),
+                warnings,
+            ))
         }
         (Method::PATCH, Some(name)) => {
             let content_type = headers
@@ -336,6 +358,24 @@ fn bind(
     Ok(typed(201, &success_status("", "pods", name, None)))
 }
 
+/// Runs a write and collects the warnings it raised.
+fn warned<R>(state: &mut State, write: impl FnOnce(&mut State) -> R) -> (R, Vec<String>) {
+    state.take_warnings();
+    let result = write(state);
+    (result, state.take_warnings())
+}
+
+/// `Warning: 299 - "..."` headers, as the apiserver sends them (kubectl prints them).
+fn with_warnings(mut response: Response<Body>, warnings: Vec<String>) -> Response<Body> {
+    for warning in warnings {
+        let text = format!("299 - {warning:?}");
+        if let Ok(value) = http::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
 fn is_watch(query: &Query) -> bool {
     query.get("watch").is_some_and(|v| v == "true" || v == "1")
 }
@@ -343,6 +383,11 @@ fn is_watch(query: &Query) -> bool {
 fn write_options(query: &Query, subresource: Option<String>) -> WriteOptions {
     WriteOptions {
         dry_run: query.get("dryRun").is_some_and(|v| v == "All"),
+        field_validation: match query.get("fieldValidation").map(String::as_str) {
+            Some("Strict") => FieldValidation::Strict,
+            Some("Ignore") => FieldValidation::Ignore,
+            _ => FieldValidation::Warn,
+        },
         field_manager: query.get("fieldManager").cloned(),
         force: query.get("force").is_some_and(|v| v == "true" || v == "1"),
         subresource,

@@ -44,9 +44,21 @@ impl Target {
     }
 }
 
+/// `fieldValidation`: what happens to fields the kind does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    Ignore,
+    /// The apiserver's default: dropped, with a `Warning` header.
+    #[default]
+    Warn,
+    /// Refused with 400 (kubectl apply's default).
+    Strict,
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WriteOptions {
     pub dry_run: bool,
+    pub field_validation: FieldValidation,
     pub field_manager: Option<String>,
     pub force: bool,
     pub subresource: Option<String>,
@@ -124,6 +136,8 @@ pub(crate) struct State {
     config: Arc<ServerConfig>,
     /// Filled by graceful deletes; the server's async side turns them into timers.
     pub timers: Vec<GraceTimer>,
+    /// Warnings for the current request (unknown fields), sent as `Warning` headers.
+    pub warnings: Vec<String>,
 }
 
 fn parse_rv(text: &str) -> Result<u64, ApiError> {
@@ -146,6 +160,7 @@ impl State {
             hooks: Vec::new(),
             config,
             timers: Vec::new(),
+            warnings: Vec::new(),
         };
         let target = state.target("", "v1", "namespaces", "")?;
         for name in SYSTEM_NAMESPACES {
@@ -156,6 +171,10 @@ impl State {
             )?;
         }
         Ok(state)
+    }
+
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     pub fn add_hook(&mut self, hook: Arc<dyn AdmissionHook>) {
@@ -376,6 +395,39 @@ impl State {
         Ok(value)
     }
 
+    /// [`Self::decode`], with fields the kind does not have reported as `fieldValidation` asks.
+    fn decode_checked(
+        &mut self,
+        t: &Target,
+        body: Value,
+        validation: FieldValidation,
+    ) -> Result<Value, ApiError> {
+        if validation == FieldValidation::Ignore {
+            return self.decode(t, body);
+        }
+        let decoded = self.decode(t, body.clone())?;
+        let mut unknown = Vec::new();
+        dropped_fields(&body, &decoded, "", &mut unknown);
+        match (validation, unknown.is_empty()) {
+            (_, true) | (FieldValidation::Ignore, _) => {}
+            (FieldValidation::Strict, false) => {
+                let fields: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    fields.join(", ")
+                )));
+            }
+            (FieldValidation::Warn, false) => {
+                self.warnings
+                    .extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+            }
+        }
+        Ok(decoded)
+    }
+
     fn decode_custom(
         &self,
         t: &Target,
@@ -480,7 +532,7 @@ impl State {
         body: Value,
         opts: &WriteOptions,
     ) -> Result<Arc<StoredObject>, ApiError> {
-        let value = self.decode(t, body)?;
+        let value = self.decode_checked(t, body, opts.field_validation)?;
         self.create_decoded(t, value, opts, false)
     }
 
@@ -655,7 +707,7 @@ impl State {
     ) -> Result<Arc<StoredObject>, ApiError> {
         let old = self.get(t, name)?;
         let old_value = old.value()?;
-        let new = self.decode(t, body)?;
+        let new = self.decode_checked(t, body, opts.field_validation)?;
         let body_name = meta::name(&new);
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -864,13 +916,11 @@ impl State {
                 meta::name(&patched)
             )));
         }
-        let new = self.decode(
-            &Target {
-                version: t.def.storage_version.clone(),
-                ..t.clone()
-            },
-            patched,
-        )?;
+        let storage = Target {
+            version: t.def.storage_version.clone(),
+            ..t.clone()
+        };
+        let new = self.decode_checked(&storage, patched, opts.field_validation)?;
         Ok((
             self.update_decoded(t, name, &old, &old_value, new, opts, false)?,
             false,
@@ -913,7 +963,7 @@ impl State {
                 }
                 let applied =
                     patch::server_side_apply(None, config, manager, opts.force, &api_version)?;
-                let value = self.decode(t, applied)?;
+                let value = self.decode_checked(t, applied, opts.field_validation)?;
                 Ok((self.create_decoded(t, value, opts, true)?, true))
             }
             Some(old) => {
@@ -927,7 +977,7 @@ impl State {
                     opts.force,
                     &api_version,
                 )?;
-                let new = self.decode(t, applied)?;
+                let new = self.decode_checked(t, applied, opts.field_validation)?;
                 Ok((
                     self.update_decoded(t, name, &old, &old_value, new, opts, true)?,
                     false,
@@ -1343,6 +1393,32 @@ pub(crate) fn render(def: &ResourceDef, version: &str, object: &StoredObject) ->
                 .unwrap_or_else(|_| object.json.clone())
         }
         Err(_) => object.json.clone(),
+    }
+}
+
+/// Paths present (and not null) in `before` that decoding dropped.
+fn dropped_fields(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            for (key, value) in b {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match a.get(key) {
+                    None if !value.is_null() => out.push(child),
+                    Some(after) => dropped_fields(value, after, &child, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(a)) => {
+            for (i, (value, after)) in b.iter().zip(a).enumerate() {
+                dropped_fields(value, after, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 

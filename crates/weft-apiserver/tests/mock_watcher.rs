@@ -22,7 +22,9 @@ type MockBody = UnsyncBoxBody<Bytes, std::io::Error>;
 type Handle = mock::Handle<Request<kube::client::Body>, Response<MockBody>>;
 
 fn body(bytes: Vec<u8>) -> MockBody {
-    http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn config_map(name: &str, rv: u64) -> Value {
@@ -41,25 +43,43 @@ fn event_line(type_: &str, object: Value) -> Bytes {
 }
 
 /// A watch response whose body the test feeds (and can break) while the watcher reads it.
-fn streaming_watch() -> (Response<MockBody>, mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>) {
+fn streaming_watch() -> (
+    Response<MockBody>,
+    mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     (Response::new(StreamBody::new(stream).boxed_unsync()), tx)
 }
 
 /// The next request the watcher makes: its query parameters.
-async fn next_request(handle: &mut std::pin::Pin<&mut Handle>) -> (Vec<(String, String)>, mock::SendResponse<Response<MockBody>>) {
+async fn next_request(
+    handle: &mut std::pin::Pin<&mut Handle>,
+) -> (
+    Vec<(String, String)>,
+    mock::SendResponse<Response<MockBody>>,
+) {
     let (request, send) = tokio::time::timeout(Duration::from_secs(20), handle.next_request())
         .await
         .expect("a request in time")
         .expect("the client is still there");
-    assert_eq!(request.uri().path(), "/api/v1/namespaces/default/configmaps");
-    let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    assert_eq!(
+        request.uri().path(),
+        "/api/v1/namespaces/default/configmaps"
+    );
+    let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
     (query, send)
 }
 
 fn param<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 #[tokio::test]
@@ -69,17 +89,22 @@ async fn watcher_survives_a_slow_list_a_dropped_connection_and_a_410() {
     let api: Api<ConfigMap> = Api::default_namespaced(client);
     let (reader, writer) = reflector::store::<ConfigMap>();
     let (events_tx, mut events) = mpsc::unbounded_channel::<String>();
-    let watching = tokio::spawn(reflector(writer, watcher(api, watcher::Config::default())).for_each(move |event| {
-        let text = match event {
-            Ok(event) => event.to_string(),
-            Err(error) => format!("error: {error}"),
-        };
-        let _ = events_tx.send(text);
-        async {}
-    }));
+    let watching = tokio::spawn(
+        reflector(writer, watcher(api, watcher::Config::default())).for_each(move |event| {
+            let text = match event {
+                Ok(event) => event.to_string(),
+                Err(error) => format!("error: {error}"),
+            };
+            let _ = events_tx.send(text);
+            async {}
+        }),
+    );
     let mut handle = pin!(handle);
     let next_event = async |events: &mut mpsc::UnboundedReceiver<String>| {
-        tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("an event in time").expect("watcher running")
+        tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("an event in time")
+            .expect("watcher running")
     };
 
     // 1. The initial list, paged like client-go, answered slowly: nothing comes out until it is.
@@ -88,7 +113,12 @@ async fn watcher_survives_a_slow_list_a_dropped_connection_and_a_410() {
     assert_eq!(param(&query, "watch"), None);
     // The watcher announces the (re)start, then waits for the list, however long it takes.
     assert_eq!(next_event(&mut events).await, "Init");
-    assert!(tokio::time::timeout(Duration::from_millis(300), events.recv()).await.is_err(), "nothing more before the list");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err(),
+        "nothing more before the list"
+    );
     assert!(reader.state().is_empty());
     send.send_response(list(&[config_map("a", 5), config_map("b", 6)], 10));
     for want in ["InitApply(a)", "InitApply(b)", "InitDone"] {
@@ -103,9 +133,14 @@ async fn watcher_survives_a_slow_list_a_dropped_connection_and_a_410() {
     assert_eq!(param(&query, "allowWatchBookmarks"), Some("true"));
     let (response, feed) = streaming_watch();
     send.send_response(response);
-    feed.send(Ok(Frame::data(event_line("ADDED", config_map("c", 11))))).unwrap();
+    feed.send(Ok(Frame::data(event_line("ADDED", config_map("c", 11)))))
+        .unwrap();
     assert_eq!(next_event(&mut events).await, "Apply(c)");
-    feed.send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset"))).unwrap();
+    feed.send(Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "connection reset",
+    )))
+    .unwrap();
     let error = next_event(&mut events).await;
     assert!(error.starts_with("error:"), "{error}");
 
@@ -122,8 +157,17 @@ async fn watcher_survives_a_slow_list_a_dropped_connection_and_a_410() {
     // 4. So it lists again; the store takes the new list as the truth (b went meanwhile).
     let (query, send) = next_request(&mut handle).await;
     assert_eq!(param(&query, "watch"), None);
-    send.send_response(list(&[config_map("a", 5), config_map("c", 11), config_map("d", 39)], 40));
-    for want in ["Init", "InitApply(a)", "InitApply(c)", "InitApply(d)", "InitDone"] {
+    send.send_response(list(
+        &[config_map("a", 5), config_map("c", 11), config_map("d", 39)],
+        40,
+    ));
+    for want in [
+        "Init",
+        "InitApply(a)",
+        "InitApply(c)",
+        "InitApply(d)",
+        "InitDone",
+    ] {
         assert_eq!(next_event(&mut events).await, want);
     }
     let mut names: Vec<String> = reader.state().iter().map(|m| m.name_any()).collect();
