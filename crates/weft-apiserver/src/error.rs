@@ -17,7 +17,7 @@ pub struct ApiError {
     /// Human-readable message, in the apiserver's wording.
     pub message: String,
     /// The object the error is about and, for `Invalid`, the fields.
-    pub details: Option<StatusDetails>,
+    pub details: Option<Box<StatusDetails>>,
 }
 
 /// One invalid field of an object, as in `Status.details.causes`.
@@ -138,7 +138,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -267,7 +267,7 @@ impl ApiError {
             "Timeout",
             format!("Timeout: Too large resource version: {asked}, current: {current}"),
         );
-        error.details = Some(StatusDetails {
+        error.details = Some(Box::new(StatusDetails {
             causes: Some(vec![StatusCause {
                 reason: Some("ResourceVersionTooLarge".to_string()),
                 message: Some("Too large resource version".to_string()),
@@ -275,14 +275,14 @@ impl ApiError {
             }]),
             retry_after_seconds: Some(1),
             ..StatusDetails::default()
-        });
+        }));
         error
     }
 
     pub fn to_status(&self) -> Status {
         Status {
             code: Some(i32::from(self.code)),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
             message: Some(self.message.clone()),
             metadata: ListMeta::default(),
             reason: Some(self.reason.clone()),

@@ -497,7 +497,7 @@ fn apply_conflict(conflicts: &[(String, FieldPath)]) -> ApiError {
             lines.join("\n")
         ),
     );
-    error.details = Some(
+    error.details = Some(Box::new(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
             causes: Some(
                 conflicts
@@ -514,7 +514,7 @@ fn apply_conflict(conflicts: &[(String, FieldPath)]) -> ApiError {
             ),
             ..Default::default()
         },
-    );
+    ));
     error
 }
 

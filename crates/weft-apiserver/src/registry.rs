@@ -340,7 +340,7 @@ impl Registry {
                         }
                     }
                 }
-                versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+                versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
                 (group.clone(), versions)
             })
             .collect()

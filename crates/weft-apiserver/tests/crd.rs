@@ -1,6 +1,8 @@
 //! CustomResourceDefinitions: registering serves the resource, objects are validated against
 //! the schema and pruned, the status subresource works, deleting the CRD removes it all.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use futures_util::StreamExt;

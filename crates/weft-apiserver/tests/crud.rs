@@ -1,6 +1,8 @@
 //! Create, read, update, patch and delete through kube-rs, in process: every built-in
 //! resource, the status subresource, conflicts, selectors, paging, Tables.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use std::fmt::Debug;

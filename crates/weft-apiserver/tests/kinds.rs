@@ -1,6 +1,8 @@
 //! What the apiserver does for particular kinds: Service allocation and validation, Pod
 //! immutability, binding and graceful deletion, Namespace deletion, admission hooks.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use std::time::Duration;

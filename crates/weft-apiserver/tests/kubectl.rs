@@ -3,6 +3,8 @@
 //! `get pods -A -o wide`, `apply -f` of a Service, `get svc`. Needs root (for the namespace)
 //! and kubectl (skipped with a printed reason otherwise).
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use std::{
     fs::File,
     net::TcpListener,

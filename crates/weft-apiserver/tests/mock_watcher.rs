@@ -2,6 +2,8 @@
 //! with kube's own mock service (`tower_test::mock::pair`): the test plays the apiserver one
 //! request at a time. The same pattern tests the agent's watchers; this file is its example.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use std::{pin::pin, time::Duration};
 
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! Watches through kube-rs and kube-runtime: order, resume, 410 and relist, bookmarks,
 //! streaming lists, selectors.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use std::{

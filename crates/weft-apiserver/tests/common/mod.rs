@@ -1,5 +1,6 @@
 //! Shared by the L1 tests: a server and a kube-rs client talking to it in process.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 #![allow(dead_code)]
 
 use std::time::Duration;
