@@ -219,6 +219,10 @@ fn builtins() -> Vec<ResourceDef> {
             short_names: &["cm"],
             ..PLAIN
         }),
+        builtin::<core::Endpoints>(Builtin {
+            short_names: &["ep"],
+            ..PLAIN
+        }),
         builtin::<core::Secret>(Builtin {
             field_keys: &["type"],
             ..PLAIN

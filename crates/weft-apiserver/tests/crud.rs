@@ -10,7 +10,9 @@ use std::fmt::Debug;
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount},
+    core::v1::{
+        ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    },
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -145,6 +147,11 @@ async fn every_builtin_resource_round_trips() {
     round_trip(
         Api::<ConfigMap>::default_namespaced(c.clone()),
         json!({"metadata": {"name": "cm"}, "data": {"k": "v"}}),
+    )
+    .await;
+    round_trip(
+        Api::<Endpoints>::default_namespaced(c.clone()),
+        json!({"metadata": {"name": "ep"}, "subsets": [{"addresses": [{"ip": "10.0.1.5"}], "ports": [{"port": 80}]}]}),
     )
     .await;
     round_trip(
@@ -767,4 +774,40 @@ async fn discovery_lists_resources_with_verbs_and_subresources() {
         (version.major.as_str(), version.minor.as_str()),
         ("1", "34")
     );
+}
+
+#[tokio::test]
+async fn delete_collection_with_a_selector() {
+    let server = server();
+    let maps: Api<ConfigMap> = Api::default_namespaced(client(&server));
+    for (name, app) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": app}}}))
+                .unwrap();
+        maps.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let deleted = maps
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=x"),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = deleted
+        .left()
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let left: Vec<String> = maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert_eq!(left, ["c"]);
 }
