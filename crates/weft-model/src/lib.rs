@@ -4,6 +4,7 @@
 
 pub mod cidr;
 pub mod config;
+pub mod crd;
 pub mod ct_gc;
 pub mod desired;
 pub mod endpointslice;
