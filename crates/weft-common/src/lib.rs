@@ -14,6 +14,7 @@ pub mod geneve;
 pub mod hook;
 pub mod ipcache;
 pub mod lb;
+pub mod mac;
 pub mod metrics;
 pub mod nat;
 pub mod net;
@@ -31,6 +32,7 @@ pub use lb::{
     Lb4AffinityEntry, Lb4AffinityKey, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, Lb4SockKey,
     Lb4SockRevNat,
 };
+pub use mac::Mac;
 pub use metrics::{MetricsKey, MetricsValue};
 pub use nat::{NatEntry4, NatKey4};
 pub use node::NodeConfig;

@@ -1,9 +1,35 @@
 //! Decoding and presenting datapath events.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
+use anyhow::Context as _;
 use serde::Serialize;
 use weft_common::{Event, EventKind, Hook, Reason, net::l4_proto_name};
+
+use crate::DatapathMaps;
+
+/// Takes the pending events of the datapath whose maps are pinned in `pin_dir` (they are
+/// consumed), as views of node `node`. Interface names are those of the calling thread's network
+/// namespace: call it from the node's.
+pub fn drain_pinned(node: &str, pin_dir: &Path) -> anyhow::Result<Vec<EventView>> {
+    let mut maps = DatapathMaps::from_pins(pin_dir)
+        .with_context(|| format!("opening the maps pinned in {}", pin_dir.display()))?;
+    Ok(maps
+        .drain_events()
+        .iter()
+        .map(|e| EventView::new(node, e, interface_name(e.ifindex)))
+        .collect())
+}
+
+/// The name of an interface of the calling thread's namespace.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+}
 
 /// Reads an [`Event`] from ring buffer bytes; `None` when the record is too short.
 pub fn decode_event(bytes: &[u8]) -> Option<Event> {

@@ -3,13 +3,13 @@
 //! namespace. The links are pinned too, so the datapath stays in place after the CLI exits and
 //! `down` (which removes the pin directory) takes it away.
 
-use std::{collections::BTreeMap, ffi::CStr};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use weft_common::{CONFIG_TRACE_FLAG, MetricsKey, MetricsValue};
 use weft_datapath::{
     DatapathMaps, NodeDatapath,
-    events::EventView,
+    events::{self, EventView},
     node::{attached_programs, pinned_attachments},
     reconcile_attachments,
 };
@@ -120,27 +120,9 @@ pub fn inspect(node: &NodeSpec) -> anyhow::Result<NodeView> {
 
 /// Takes the node's pending events, with interface names resolved in the node's namespace.
 pub fn drain_events(node: &NodeSpec) -> anyhow::Result<Vec<EventView>> {
-    let mut maps = DatapathMaps::from_pins(&node.pin_dir)?;
-    let events = maps.drain_events();
     run_in(&node.netns, || {
-        events
-            .iter()
-            .map(|e| EventView::new(&node.name, e, interface_name(e.ifindex)))
-            .collect()
-    })
-}
-
-/// The name of an interface of the calling thread's namespace.
-fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
-    let ret = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if ret.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+        events::drain_pinned(&node.name, &node.pin_dir)
+    })?
 }
 
 /// Counter difference per key, for "what did this traffic do".

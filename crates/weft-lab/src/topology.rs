@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use weft_model::{ClusterConfig, Ipv4Cidr, ipam};
 
-use crate::{kube_proxy::ProxyMode, spec::LabSpec};
+use crate::spec::LabSpec;
 
 /// The underlay ("the internet" between the nodes): a bridge in the router's netns.
 pub const UNDERLAY_BRIDGE: &str = "ul0";
@@ -36,9 +36,6 @@ pub struct Topology {
     pub router_netns: String,
     pub client: Host,
     pub nodes: Vec<NodeSpec>,
-    /// Set for a kube-proxy baseline lab (see [`LabSpec::baseline`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<ProxyMode>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,7 +98,6 @@ pub fn plan(spec: &LabSpec) -> anyhow::Result<Topology> {
             ip: CLIENT_IP,
         },
         nodes,
-        baseline: spec.baseline,
     })
 }
 
@@ -169,9 +165,9 @@ fn lab_hash(lab: &str) -> u8 {
     hash.to_le_bytes()[0]
 }
 
-/// `02:ab:01:01:00:02`.
+/// `02:ab:01:01:00:02` (see [`weft_common::Mac`]).
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
+    weft_common::Mac(*mac).to_string()
 }
 
 impl Topology {

@@ -27,7 +27,7 @@ impl Decoded {
                 ..
             } => match op {
                 ARP_REQUEST => format!("ARP who-has {target_ip} tell {sender_ip}"),
-                ARP_REPLY => format!("ARP {sender_ip} is-at {}", mac_string(sender_mac)),
+                ARP_REPLY => format!("ARP {sender_ip} is-at {}", weft_common::Mac(sender_mac)),
                 op => format!("ARP op={op}"),
             },
             L3::Other => format!("ethertype {:#06x}", self.ethertype),
@@ -114,9 +114,4 @@ fn tcp_flag_names(flags: u8) -> String {
     } else {
         set.join("|")
     }
-}
-
-fn mac_string(mac: [u8; 6]) -> String {
-    let octets: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    octets.join(":")
 }
