@@ -84,6 +84,20 @@ enum Command {
         #[arg(long)]
         timeout_ms: u64,
     },
+    /// A kube-proxy baseline lab, left up: hand-wired pods routed by the kernel, no Weft, and
+    /// kube-proxy's start-up rules in --mode (iptables, iptables-legacy, nftables). Remove it
+    /// with `weft lab down --name LAB`.
+    Baseline {
+        /// The lab's name (at most 12 characters of a-z and 0-9).
+        #[arg(long)]
+        lab: String,
+        #[arg(long)]
+        mode: weft_kpbench::kube_proxy::ProxyMode,
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: u32,
+    },
     /// The Markdown report of the results directory (`<stack>.json`, `testrun.jsonl`,
     /// `northsouth.json`, `run.json`).
     Report {
@@ -163,6 +177,21 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
             println!("{}", serde_json::to_string(&followed)?);
+        }
+        Command::Baseline {
+            lab,
+            mode,
+            nodes,
+            pods_per_node,
+        } => {
+            let topology = weft_kpbench::baseline::up(&lab, mode, nodes, pods_per_node)?;
+            println!(
+                "lab {} is up: {} nodes, {} kernel-routed pods, kube-proxy's start-up rules \
+                 ({mode}), no Service yet",
+                topology.name,
+                topology.nodes.len(),
+                topology.pods().count()
+            );
         }
         Command::Report { results } => {
             let inputs = report::Inputs::read(&results)

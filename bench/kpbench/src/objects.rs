@@ -133,7 +133,7 @@ pub fn frontends(services: u32) -> anyhow::Result<u32> {
 
 #[cfg(test)]
 mod tests {
-    use weft_lab::kube_proxy::service_ports;
+    use weft_kpbench::kube_proxy::service_ports;
     use weft_model::Store;
 
     use super::*;

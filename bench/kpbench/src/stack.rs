@@ -15,10 +15,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use weft_common::ct::CT_KIND_SERVICE;
 use weft_datapath::LbMaps;
+use weft_kpbench::{
+    baseline,
+    kube_proxy::{NodeProxy, ProxyMode, SyncReport},
+};
 use weft_lab::{
     LabSpec, NodeSpec, Topology,
     apply::apply,
-    kube_proxy::{NodeProxy, ProxyMode, SyncReport},
     runtime::{self, Binaries},
     testing::LabGuard,
 };
@@ -298,7 +301,7 @@ fn node_cgroup(t: &Topology, node: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn up_baseline(mode: ProxyMode, name: &str) -> anyhow::Result<StackLab> {
-    let lab = LabGuard::new(weft_lab::up(&LabSpec::baseline(name, mode, 2, 2))?);
+    let lab = LabGuard::new(baseline::up(name, mode, 2, 2)?);
     let pod = |(role, target): (&str, &str)| -> anyhow::Result<Pod> {
         let (node, spec) = lab
             .find_pod(target)

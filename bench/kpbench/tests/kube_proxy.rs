@@ -15,10 +15,12 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use weft_lab::{
-    LabSpec, Topology,
+use weft_kpbench::{
+    baseline,
     kube_proxy::{NodeProxy, ProxyMode},
-    leftovers,
+};
+use weft_lab::{
+    Topology, leftovers,
     netns::run_in,
     testing::{LabGuard, running_as_root, unique_lab_name},
     traffic,
@@ -145,8 +147,7 @@ fn sync_all(proxies: &mut [NodeProxy], store: &Store, full: bool) -> anyhow::Res
 fn service_through_kube_proxy(mode: ProxyMode) -> anyhow::Result<()> {
     let started = Instant::now();
     let name = unique_lab_name(&format!("kp{}", &mode.as_str()[..1]));
-    let lab = LabGuard::up(&LabSpec::baseline(&name, mode, 2, 2))?;
-    ensure!(lab.baseline == Some(mode));
+    let lab = LabGuard::new(baseline::up(&name, mode, 2, 2)?);
     let (client, a, b) = ("vps1/pod1", "vps1/pod2", "vps2/pod1");
     let client_pod = lab.find_pod(client).context("client")?.1.clone();
 

@@ -13,7 +13,6 @@ use clap::{Args, Subcommand};
 use weft_lab::{
     LabSpec, Topology,
     datapath::{inspect, start},
-    kube_proxy::ProxyMode,
     runtime::{self, Binaries},
     selftest,
     supervise::{self, AgentRun, AgentState, Phase, SupervisorState},
@@ -52,11 +51,6 @@ pub enum LabCommand {
         /// A Cilium-style values.yaml handed to every agent.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// A kube-proxy baseline lab instead: no Weft datapath and no agent, pods routed by the
-        /// kernel, Services by kube-proxy's rules in this mode (iptables, iptables-legacy,
-        /// nftables).
-        #[arg(long, value_name = "MODE", conflicts_with = "config")]
-        baseline: Option<ProxyMode>,
     },
     /// Put Kubernetes objects into the lab and run the Pods among them, like `kubectl apply`.
     Apply {
@@ -123,15 +117,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             lab,
             nodes,
             pods_per_node,
-            config: _,
-            baseline: Some(mode),
-        } => up_baseline(&LabSpec::baseline(lab.name, mode, nodes, pods_per_node)),
-        LabCommand::Up {
-            lab,
-            nodes,
-            pods_per_node,
             config,
-            baseline: None,
         } => up(
             &LabSpec::with_size(lab.name, nodes, pods_per_node),
             config.as_deref(),
@@ -171,18 +157,6 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn up_baseline(spec: &LabSpec) -> anyhow::Result<ExitCode> {
-    let topology = weft_lab::up(spec)?;
-    println!(
-        "lab {} is up: {} nodes, {} kernel-routed pods, Services by kube-proxy ({})",
-        topology.name,
-        topology.nodes.len(),
-        topology.pods().count(),
-        topology.baseline.map(|m| m.as_str()).unwrap_or("none")
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 fn up(spec: &LabSpec, config: Option<&Path>) -> anyhow::Result<ExitCode> {

@@ -14,7 +14,6 @@ pub mod datapath;
 pub mod exec;
 mod host;
 mod ip;
-pub mod kube_proxy;
 pub mod lifecycle;
 pub mod netns;
 mod north_south;

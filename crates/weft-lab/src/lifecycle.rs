@@ -124,9 +124,6 @@ fn build(t: &Topology) -> anyhow::Result<()> {
     }
     crate::xdp_peer::attach_to_router_ports(t).context("XDP on the router's node ports")?;
     crate::xdp_peer::client_checksums_in_software(t).context("the client's checksums")?;
-    if let Some(mode) = t.baseline {
-        crate::kube_proxy::setup_nodes(t, mode).with_context(|| format!("kube-proxy ({mode})"))?;
-    }
     write_state(t).context("writing the state file")
 }
 
@@ -140,15 +137,28 @@ fn create_namespaces(t: &Topology) -> anyhow::Result<()> {
 }
 
 fn write_sysctls(t: &Topology) -> anyhow::Result<()> {
-    let all = wiring::sysctls(t);
-    for ns in t.all_netns() {
-        let mine: Vec<&wiring::Sysctl> = all.iter().filter(|s| s.netns == ns).collect();
-        netns::run_in(&ns, || mine.iter().try_for_each(|s| write_sysctl(s)))??;
+    set_sysctls(&wiring::sysctls(t))
+}
+
+/// Writes each sysctl in its own namespace: the lab's, or those a user of the toolkit adds to a
+/// lab that is up (the kube-proxy baseline's `route_localnet`).
+pub fn set_sysctls(sysctls: &[wiring::Sysctl]) -> anyhow::Result<()> {
+    let mut namespaces: Vec<&str> = Vec::new();
+    for s in sysctls {
+        if !namespaces.contains(&s.netns.as_str()) {
+            namespaces.push(&s.netns);
+        }
+    }
+    for ns in namespaces {
+        let mine: Vec<&wiring::Sysctl> = sysctls.iter().filter(|s| s.netns == ns).collect();
+        netns::run_in(ns, || mine.iter().try_for_each(|s| write_sysctl(s)))??;
     }
     Ok(())
 }
 
-fn write_sysctl(s: &wiring::Sysctl) -> anyhow::Result<()> {
+/// Writes one sysctl of the calling thread's namespace ([`set_sysctls`] runs it in the right
+/// one); an optional one the kernel lacks is skipped.
+pub fn write_sysctl(s: &wiring::Sysctl) -> anyhow::Result<()> {
     let path = s.path();
     match fs::write(&path, s.value) {
         Ok(()) => Ok(()),

@@ -1,8 +1,6 @@
-//! What a lab is asked to be: a name, a size, and whether it is a kube-proxy baseline.
+//! What a lab is asked to be: a name and a size.
 
 use serde::{Deserialize, Serialize};
-
-use crate::kube_proxy::ProxyMode;
 
 /// The longest lab name: every object of the lab carries it as a prefix, and interface-like
 /// names built from it must stay short.
@@ -15,10 +13,6 @@ pub struct LabSpec {
     pub name: String,
     pub nodes: u32,
     pub pods_per_node: u32,
-    /// A baseline lab: no Weft datapath, pods routed by the kernel, Services by the rules of
-    /// this kube-proxy mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<ProxyMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +35,6 @@ impl LabSpec {
             name: name.into(),
             nodes: 3,
             pods_per_node: 2,
-            baseline: None,
         }
     }
 
@@ -50,20 +43,6 @@ impl LabSpec {
             name: name.into(),
             nodes,
             pods_per_node,
-            baseline: None,
-        }
-    }
-
-    /// A kube-proxy baseline lab of `nodes` nodes with `pods_per_node` kernel-routed pods each.
-    pub fn baseline(
-        name: impl Into<String>,
-        mode: ProxyMode,
-        nodes: u32,
-        pods_per_node: u32,
-    ) -> LabSpec {
-        LabSpec {
-            baseline: Some(mode),
-            ..LabSpec::with_size(name, nodes, pods_per_node)
         }
     }
 

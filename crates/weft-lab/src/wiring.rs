@@ -91,7 +91,7 @@ fn node_batch(t: &Topology, node: &NodeSpec) -> IpBatch {
         format!("link set {ETH0} up"),
         format!("route add default via {UNDERLAY_ROUTER_IP}"),
     ];
-    if node.pods.is_empty() && t.baseline.is_none() {
+    if node.pods.is_empty() {
         // Pods come from the CNI plugin and are routed by the datapath: no hand wiring.
         return IpBatch {
             netns: node.netns.clone(),
@@ -168,10 +168,6 @@ pub fn sysctls(topology: &Topology) -> Vec<Sysctl> {
             "net.ipv4.conf.default.arp_ignore",
         ] {
             set(ns, key, "0", false);
-        }
-        if topology.baseline.is_some() {
-            // What kube-proxy sets at start for NodePorts on 127.0.0.1 (its default).
-            set(ns, "net.ipv4.conf.all.route_localnet", "1", false);
         }
     }
     all
@@ -269,33 +265,11 @@ mod tests {
     }
 
     #[test]
-    fn a_baseline_node_routes_pods_by_itself_even_without_hand_wired_pods() {
-        use crate::kube_proxy::ProxyMode;
-        let t = plan(&LabSpec::baseline("base", ProxyMode::Nftables, 2, 0)).expect("valid");
-        let b = ip_batches(&t);
-        let n = batch(&b, "base-vps1");
-        for line in [
-            "addr add 10.42.1.1/32 dev weft_host",
-            "route add 10.42.2.0/24 via 198.51.100.2 dev eth0",
-        ] {
-            assert!(has(n, line), "{line}");
-        }
-        let localnet: Vec<String> = sysctls(&t)
-            .into_iter()
-            .filter(|s| s.key == "net.ipv4.conf.all.route_localnet")
-            .map(|s| s.netns)
-            .collect();
-        assert_eq!(localnet, ["base-vps1", "base-vps2"]);
+    fn a_node_without_hand_wired_pods_leaves_its_pods_to_weft() {
         let plain = plan(&LabSpec::with_size("plain", 2, 0)).expect("valid");
-        assert!(
-            !sysctls(&plain)
-                .iter()
-                .any(|s| s.key.ends_with("route_localnet"))
-        );
-        assert!(!has(
-            batch(&ip_batches(&plain), "plain-vps1"),
-            "addr add 10.42.1.1/32 dev weft_host"
-        ));
+        let n = batch(&ip_batches(&plain), "plain-vps1").to_vec();
+        assert!(!has(&n, "addr add 10.42.1.1/32 dev weft_host"));
+        assert!(!n.iter().any(|c| c.contains("10.42.2.0/24 via")));
     }
 
     #[test]

@@ -16,10 +16,7 @@ use super::{
     nftables::{self, NftState},
     service_ports,
 };
-use crate::{
-    exec::placed_command,
-    topology::{NodeSpec, Topology},
-};
+use weft_lab::{NodeSpec, Topology, exec::placed_command};
 
 /// The program and arguments that load a ruleset of `mode` from stdin, as kube-proxy runs them.
 fn loader(mode: ProxyMode) -> [&'static str; 5] {
