@@ -7,19 +7,19 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use serde::Serialize;
 use weft_common::{
-    EndpointInfo, EndpointKey, IpcacheEntry, NatEntry4, NatKey4,
+    EndpointInfo, EndpointKey, IpcacheEntry, Mac, NatEntry4, NatKey4,
     ct::{CT_FLAG_FORWARD_CLOSING, CT_FLAG_REPLY_CLOSING, CT_FLAG_RESET, CT_FLAG_SEEN_NON_SYN},
     ipcache::identity,
     nat::NAT_DIR_INGRESS,
     net::{IPPROTO_TCP, l4_proto_name},
 };
-use weft_datapath::{DatapathMaps, LbMaps, monotonic_ns};
-use weft_lab::{NodeSpec, netns::run_in, topology::format_mac};
+use weft_datapath::{DatapathMaps, LbMaps, events::interface_name, monotonic_ns};
 use weft_model::Ipv4Cidr;
 
 use crate::{
+    address::{self, Node},
     bpf_lb, bpf_maglev,
-    nodes::{NodeArgs, Output, select_nodes, table},
+    nodes::{NodeArgs, Output, table},
 };
 
 #[derive(Subcommand)]
@@ -77,23 +77,23 @@ pub fn run(command: BpfCommand) -> anyhow::Result<ExitCode> {
         BpfCommand::Prefilter { command } => (Map::Prefilter, command),
         BpfCommand::Maglev { command } => return bpf_maglev::run(command),
     };
-    let topology = weft_lab::load(&args.lab)?;
-    let nodes = select_nodes(&topology, args.node.as_deref())?;
+    let nodes = address::resolve(&args.address)?;
     let mut json = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let open_error = || format!("opening the datapath maps of node {}", node.name);
-        let maps = DatapathMaps::from_pins(&node.pin_dir).with_context(open_error)?;
+        let pins = node.pins()?;
+        let maps = DatapathMaps::from_pins(pins).with_context(open_error)?;
         let (headers, rows, values) = match map {
             Map::Endpoint => listing(ENDPOINT_HEADERS, endpoint_rows(node, &maps)?),
             Map::Ipcache => listing(IPCACHE_HEADERS, ipcache_rows(&node.name, &maps)?),
             Map::Nat => listing(NAT_HEADERS, nat_rows(&node.name, &maps)?),
             Map::Lb => {
-                let lb = LbMaps::from_pins(&node.pin_dir).with_context(open_error)?;
+                let lb = LbMaps::from_pins(pins).with_context(open_error)?;
                 listing(bpf_lb::LB_HEADERS, bpf_lb::lb_rows_of(&node.name, &lb)?)
             }
             Map::Prefilter => listing(PREFILTER_HEADERS, prefilter_rows(&node.name, &maps)?),
             Map::Ct => {
-                let lb = LbMaps::from_pins(&node.pin_dir).with_context(open_error)?;
+                let lb = LbMaps::from_pins(pins).with_context(open_error)?;
                 let now_s = monotonic_ns().map_or(0, |ns| (ns / 1_000_000_000) as u32);
                 listing(
                     bpf_lb::CT_HEADERS,
@@ -229,8 +229,8 @@ pub fn endpoint_row(
         ifindex: info.ifindex,
         ifname,
         identity: info.identity,
-        mac: format_mac(&info.mac),
-        host_mac: format_mac(&info.host_mac),
+        mac: Mac(info.mac).to_string(),
+        host_mac: Mac(info.host_mac).to_string(),
     }
 }
 
@@ -247,22 +247,19 @@ impl Row for EndpointRow {
     }
 }
 
-fn endpoint_rows(node: &NodeSpec, maps: &DatapathMaps) -> anyhow::Result<Vec<EndpointRow>> {
+fn endpoint_rows(node: &Node, maps: &DatapathMaps) -> anyhow::Result<Vec<EndpointRow>> {
     let endpoints = maps.endpoints()?;
     let ifindexes: Vec<u32> = endpoints.values().map(|i| i.ifindex).collect();
-    // Interface names are per namespace: resolve them in the node's. A node whose namespace is
-    // gone still lists its map, without names.
-    let names = run_in(&node.netns, || {
-        ifindexes
-            .iter()
-            .map(|&i| {
-                nix::net::if_::if_indextoname(i)
-                    .ok()
-                    .map(|n| n.to_string_lossy().into_owned())
-            })
-            .collect::<Vec<_>>()
-    })
-    .unwrap_or_else(|_| vec![None; ifindexes.len()]);
+    // Interface names are per namespace: resolve them in the node's. A lab node whose namespace
+    // is gone still lists its map, without names.
+    let names = node
+        .run(|| {
+            ifindexes
+                .iter()
+                .map(|&i| interface_name(i))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|_| vec![None; ifindexes.len()]);
     Ok(endpoints
         .iter()
         .zip(names)

@@ -2,7 +2,8 @@
 //! node, like `cilium bpf lb maglev list`: per frontend the table size and each backend's
 //! share of the slots, and with `--slots` (always in JSON) the whole table.
 //!
-//! The Service's clusterIP comes from the lab's manifests directory (or `--manifests`); its
+//! The node is addressed as by every `weft bpf` command ([`crate::address`]). The Service's
+//! clusterIP comes from the lab's manifests directory (or `--manifests`); its
 //! frontends are the service entries (slot 0) of `weft_lb4_services` with that address, whose
 //! `rev_nat_index` keys the table in `weft_lb4_maglev`.
 
@@ -26,8 +27,9 @@ use weft_lab::{apply::current_files, runtime};
 use weft_model::Store;
 
 use crate::{
+    address::{self, Address, Node},
     bpf::json_array,
-    nodes::{Output, select_nodes, table},
+    nodes::{Output, table},
 };
 
 #[derive(Subcommand)]
@@ -40,18 +42,11 @@ pub enum MaglevCommand {
 pub struct MaglevArgs {
     /// `namespace/name` (`name` alone: namespace `default`), or a clusterIP.
     pub service: String,
-    /// The lab.
-    #[arg(long, default_value = "weft")]
-    pub lab: String,
-    /// Only this node (all nodes when omitted).
-    #[arg(long)]
-    pub node: Option<String>,
+    #[command(flatten)]
+    pub address: Address,
     /// Read the Service from this manifests directory instead of the lab's.
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
-    /// Read the maps pinned in this directory instead of the lab nodes'.
-    #[arg(long, value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
     /// Print every slot of the tables as well.
     #[arg(long)]
     pub slots: bool,
@@ -195,20 +190,13 @@ pub fn table_text(t: &MaglevTable, slots: bool) -> String {
     out
 }
 
-/// A place whose maps are read: a lab node, or a pin directory given by hand.
-struct Target {
-    name: String,
-    pin_dir: PathBuf,
-}
-
 pub fn run(command: MaglevCommand) -> anyhow::Result<ExitCode> {
     let MaglevCommand::List(args) = command;
     let (service, address) = service_address(&args)?;
     let mut tables = Vec::new();
-    for target in targets(&args)? {
+    for node in address::resolve(&args.address)? {
         tables.extend(
-            node_tables(&target, &service, address)
-                .with_context(|| format!("node {}", target.name))?,
+            node_tables(&node, &service, address).with_context(|| format!("node {}", node.name))?,
         );
     }
     match args.output {
@@ -248,21 +236,25 @@ fn service_address(args: &MaglevArgs) -> anyhow::Result<(String, Ipv4Addr)> {
         .service
         .split_once('/')
         .unwrap_or(("default", args.service.as_str()));
-    let dir = match &args.manifests {
-        Some(dir) if !dir.is_dir() => bail!("no manifests directory {}", dir.display()),
-        Some(dir) => dir.clone(),
-        None => {
-            let dir = runtime::manifests_dir(&args.lab);
+    let dir = match (&args.manifests, &args.address.lab) {
+        (Some(dir), _) if !dir.is_dir() => bail!("no manifests directory {}", dir.display()),
+        (Some(dir), _) => dir.clone(),
+        (None, Some(lab)) => {
+            let dir = runtime::manifests_dir(lab);
             if !dir.is_dir() {
                 bail!(
-                    "lab {} has no manifests directory {} (is it up? else name one with \
+                    "lab {lab} has no manifests directory {} (is it up? else name one with \
                      --manifests)",
-                    args.lab,
                     dir.display()
                 );
             }
             dir
         }
+        (None, None) => bail!(
+            "Service {}: give its clusterIP, or where to look it up (--manifests DIR, or --lab \
+             NAME)",
+            args.service
+        ),
     };
     let service = format!("{namespace}/{name}");
     let address = cluster_ip_of(&dir, namespace, name)?;
@@ -287,36 +279,10 @@ fn cluster_ip_of(dir: &Path, namespace: &str, name: &str) -> anyhow::Result<Ipv4
     })
 }
 
-fn targets(args: &MaglevArgs) -> anyhow::Result<Vec<Target>> {
-    if let Some(dir) = &args.pin_dir {
-        return Ok(vec![Target {
-            name: dir.display().to_string(),
-            pin_dir: dir.clone(),
-        }]);
-    }
-    let topology = weft_lab::load(&args.lab)?;
-    Ok(select_nodes(&topology, args.node.as_deref())?
-        .into_iter()
-        .map(|n| Target {
-            name: n.name.clone(),
-            pin_dir: n.pin_dir.clone(),
-        })
-        .collect())
-}
-
-fn node_tables(
-    target: &Target,
-    service: &str,
-    address: Ipv4Addr,
-) -> anyhow::Result<Vec<MaglevTable>> {
-    if !target.pin_dir.is_dir() {
-        bail!(
-            "no pin directory {} (is the node's agent running?)",
-            target.pin_dir.display()
-        );
-    }
-    let maps = LbMaps::from_pins(&target.pin_dir)
-        .with_context(|| format!("opening the maps pinned in {}", target.pin_dir.display()))?;
+fn node_tables(node: &Node, service: &str, address: Ipv4Addr) -> anyhow::Result<Vec<MaglevTable>> {
+    let pins = node.pins()?;
+    let maps = LbMaps::from_pins(pins)
+        .with_context(|| format!("opening the maps pinned in {}", pins.display()))?;
     let backends: BTreeMap<u32, Lb4Backend> = maps.backends()?.into_iter().collect();
     let mut out = Vec::new();
     for (key, entry) in maglev_frontends(service, address, &maps.services()?)? {
@@ -325,7 +291,7 @@ fn node_tables(
             .maglev(id)?
             .ok_or_else(|| anyhow!("service id {id} has no table in weft_lb4_maglev"))?;
         out.push(MaglevTable {
-            node: target.name.clone(),
+            node: node.name.clone(),
             service: service.to_string(),
             frontend: frontend_text(&key),
             service_id: id,

@@ -1,5 +1,7 @@
-//! `weft`: the command line of the Weft datapath and its netns lab.
+//! `weft`: the command line of the Weft datapath and its netns lab. `status`, `bpf`, `observe`
+//! and `doctor` address a node by its agent's socket and pin directory (see [`address`]).
 
+mod address;
 mod bpf;
 mod bpf_lb;
 mod bpf_maglev;
@@ -29,18 +31,18 @@ enum Command {
         #[command(subcommand)]
         command: lab::LabCommand,
     },
-    /// Print the datapath's events (drops, traces) of a lab node.
+    /// Print the datapath's events (drops, traces) of the node.
     Observe(observe::ObserveArgs),
-    /// The health of the nodes' agents: reachable, ready, what they programmed.
+    /// The health of the node's agent: reachable, ready, what it programmed.
     Status(nodes::NodeArgs),
     /// Read a node's pinned datapath maps.
     Bpf {
         #[command(subcommand)]
         command: bpf::BpfCommand,
     },
-    /// Find what fights the datapath on the nodes (kube-proxy or svclb rules, masquerade of
+    /// Find what fights the datapath on the node (kube-proxy or svclb rules, masquerade of
     /// pod-to-pod traffic, foreign programs, an MTU too small) and say what to do.
-    Doctor(nodes::NodeArgs),
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> std::process::ExitCode {

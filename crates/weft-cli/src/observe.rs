@@ -1,21 +1,18 @@
-//! `weft observe`: the datapath's events of a lab node, one line each or JSON lines.
+//! `weft observe`: the datapath's events of a node (a lab's: every node's), one line each or JSON
+//! lines.
 
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, ValueEnum};
-use weft_lab::datapath::drain_events;
+use weft_datapath::events::drain_pinned;
 
+use crate::address::{self, Address};
 pub use crate::nodes::Output;
-use crate::nodes::select_nodes;
 
 #[derive(Args)]
 pub struct ObserveArgs {
-    /// The lab.
-    #[arg(long, default_value = "weft")]
-    pub lab: String,
-    /// The node whose events to show (all nodes when omitted).
-    #[arg(long)]
-    pub node: Option<String>,
+    #[command(flatten)]
+    pub address: Address,
     /// Only events of this type.
     #[arg(long = "type", value_enum)]
     pub kind: Option<EventType>,
@@ -33,11 +30,12 @@ pub enum EventType {
 }
 
 pub fn run(args: &ObserveArgs) -> anyhow::Result<ExitCode> {
-    let topology = weft_lab::load(&args.lab)?;
-    let nodes = select_nodes(&topology, args.node.as_deref())?;
+    let nodes = address::resolve(&args.address)?;
     loop {
         for node in &nodes {
-            for event in drain_events(node)? {
+            let pins = node.pins()?;
+            // Interface names are the node's: read them in its namespace.
+            for event in node.run(|| drain_pinned(&node.name, pins))?? {
                 let wanted = match args.kind {
                     None => true,
                     Some(EventType::Drop) => event.kind == "drop",

@@ -1,12 +1,14 @@
-//! `weft status`: the health of every node's agent, through the agent API.
+//! `weft status`: the health of a node's agent (a lab's: every node's), through the agent API.
 
 use std::{path::Path, process::ExitCode};
 
 use serde::Serialize;
 use weft_api::{AgentStatus, LbStatus, Request, Response};
-use weft_lab::runtime::agent_socket;
 
-use crate::nodes::{NodeArgs, Output, select_nodes};
+use crate::{
+    address::{self, no_agent},
+    nodes::{NodeArgs, Output},
+};
 
 /// What `weft status` found out about one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,11 +41,9 @@ impl NodeHealth {
 }
 
 pub fn run(args: &NodeArgs) -> anyhow::Result<ExitCode> {
-    let topology = weft_lab::load(&args.lab)?;
-    let nodes = select_nodes(&topology, args.node.as_deref())?;
-    let health: Vec<NodeHealth> = nodes
+    let health: Vec<NodeHealth> = address::resolve(&args.address)?
         .iter()
-        .map(|n| probe(&n.name, &agent_socket(&topology.name, &n.name)))
+        .map(|n| probe(&n.name, &n.socket))
         .collect();
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&health)?),
@@ -62,7 +62,14 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<ExitCode> {
 
 /// Asks the agent of `node` at `socket` for its status.
 pub fn probe(node: &str, socket: &Path) -> NodeHealth {
-    health_of(node, socket, weft_api::call(socket, &Request::Status))
+    let reply = weft_api::call(socket, &Request::Status);
+    let mut health = health_of(node, socket, reply);
+    // The client's error says it could not connect; a socket that is not there means more
+    // likely no agent, or the wrong path.
+    if !health.reachable && !socket.exists() {
+        health.error = Some(no_agent(socket));
+    }
+    health
 }
 
 fn health_of(
@@ -337,13 +344,29 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_nobody_answers_on_is_unreachable_with_the_clients_reason() {
+        let dir = std::env::temp_dir().join(format!("weft-cli-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sock = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+        let h = probe("vps1", &sock);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!h.reachable, "{h:?}");
+        let text = health_text(&h);
+        assert!(text.contains("UNREACHABLE: cannot reach"), "{text}");
+    }
+
+    #[test]
     fn an_absent_agent_is_unreachable() {
         let sock = Path::new("/nonexistent/weft-cli-test.sock");
         let h = probe("vps2", sock);
         assert!(!h.reachable && !h.healthy());
         let text = health_text(&h);
         assert!(
-            text.contains("Agent:      UNREACHABLE: cannot reach"),
+            text.contains(
+                "Agent:      UNREACHABLE: no agent at /nonexistent/weft-cli-test.sock: is \
+                 weft-agent running? (--socket)"
+            ),
             "{text}"
         );
         let json = serde_json::to_value(&h).expect("json");
